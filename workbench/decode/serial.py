@@ -1,0 +1,49 @@
+"""Single-process strategies: `full` (the model's own decode) and `tiled` (overlapping tiles, blended)."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .blend import blend_into
+from .plan import frame_windows, plan_tiles
+
+
+def decode_full(ctx, z: torch.Tensor):
+    """The whole latent in one pass: equals diffusers' `vae.decode(z).sample` bit for bit."""
+    fd = ctx.fd
+    with ctx.measure.phase("decode"):
+        x = fd.prepare(fd.as_5d(z))
+        out = fd.finish(fd.decode(x, fd.new_cache(), first=True))
+    return out, None, {}
+
+
+def decode_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192, tile_frames: int | None = None):
+    """Overlapping spatial tiles blended with linear ramps; videos optionally in windows of frames.
+
+    `tile_frames` (latent frames per window; None = all) bounds how much of each tile's video is in
+    flight: every tile keeps its own causal frame cache across windows, so any window size gives the
+    same output as one pass, while memory holds only one window of decoded frames per tile.
+    """
+    fd = ctx.fd
+    z5 = fd.as_5d(z)
+    plan = plan_tiles(z5.shape[2:], scale=fd.spatial_ratio, tile_px=tile_px, stride_px=stride_px)
+    windows = frame_windows(z5.shape[2], tile_frames, fd.temporal_ratio)
+    out = torch.zeros(fd.output_shape(z5.shape), dtype=torch.float32, device=z.device)
+    x = fd.prepare(z5)
+    caches = {}
+    with tqdm(total=len(windows) * len(plan.items), desc="tiles", disable=not ctx.progress, leave=False) as bar:
+        for w, window in enumerate(windows):
+            last = w == len(windows) - 1
+            for tile in plan.items:
+                cache = caches.pop(tile.index, None) or fd.new_cache()
+                with ctx.measure.phase("decode"):
+                    pixels = fd.decode(x[:, :, window.latent.slice(), tile.rows.slice(), tile.cols.slice()], cache, window.first)
+                with ctx.measure.phase("blend"):
+                    blend_into(out, tile, pixels, window.pixel)
+                if not last:
+                    caches[tile.index] = cache
+                del pixels
+                bar.update()
+    out = fd.finish(out.to(fd.dtype))
+    return out, plan, {"tiles": len(plan.items), "windows": len(windows)}
