@@ -1,0 +1,42 @@
+"""`patch`: a rows x cols grid, one patch per rank, each decoded alone and pasted without blending.
+
+This is SGLang's patch decode, kept faithful so it can be compared: a halo of `halo_latent` latent
+rows/columns is decoded and thrown away, but the decoder's receptive field and its mid-block
+attention over the whole frame reach further, so the patch edges show seams. Measure them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..dist.collectives import all_gather_padded, gather_padded
+from .plan import plan_patches
+
+OUTPUTS = ("all", "rank0")
+
+
+def decode_patch(ctx, z: torch.Tensor, *, halo_latent: int = 1, grid=None, output: str = "all"):
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    fd = ctx.fd
+    z5 = fd.as_5d(z)
+    plan = plan_patches(z5.shape[2:], scale=fd.spatial_ratio, world_size=ctx.world_size,
+                        halo_latent=halo_latent, grid=grid)
+    mine = plan.items[ctx.rank]
+    with ctx.measure.phase("decode"):
+        x = fd.prepare(z5[:, :, :, mine.halo_rows.slice(), mine.halo_cols.slice()])
+        decoded = fd.finish(fd.decode(x, fd.new_cache(), first=True))
+        rows, cols = mine.crop_px
+        core = fd.as_5d(decoded)[..., rows, cols].contiguous()
+    b, c, f = core.shape[:3]
+    numels = [b * c * f * p.rows_px.size * p.cols_px.size for p in plan.items]
+    with ctx.measure.phase("gather"):
+        parts = (all_gather_padded(core, numels, ctx.group) if output == "all"
+                 else gather_padded(core, numels, ctx.group, dst=0))
+    if parts is None:
+        return None, plan, {"output": output}
+    h, w = plan.pixel_size
+    out = core.new_empty(b, c, f, h, w)
+    for p, part in zip(plan.items, parts):
+        out[:, :, :, p.rows_px.slice(), p.cols_px.slice()] = part.view(b, c, f, p.rows_px.size, p.cols_px.size)
+    return fd.to_native(out), plan, {"grid": list(plan.grid), "output": output}
