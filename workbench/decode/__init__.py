@@ -83,7 +83,7 @@ def decode(vae, latents: torch.Tensor, mode: str = "full", *, group=None, progre
         layout = "(B, C, T, H, W)" if fd.native_ndim == 5 else "(B, C, H, W)"
         raise ValueError(f"{type(vae).__name__} takes latents {layout}, got shape {tuple(latents.shape)}")
     latents = latents.to(device=fd.device, dtype=fd.dtype)
-    rank, world_size = _rank_world(group)
+    rank, world_size = _rank_world(group) if mode not in SERIAL else (0, 1)  # serial: this process alone
     with torch.inference_mode(), Measure(fd.device, sync=profile) as measure:
         ctx = DecodeContext(fd, measure, group, rank, world_size, progress, memory_budget_bytes)
         output, plan, info = strategy(ctx, latents, **params)
