@@ -87,12 +87,14 @@ def boundary_distance(plan) -> torch.Tensor:
 
 
 def seam_profile(err: torch.Tensor, plan, max_px: int = 64) -> torch.Tensor:
-    """Mean error by distance to the nearest boundary: entry d averages pixels at distance [d, d+1)."""
-    dist = boundary_distance(plan)
-    bins = dist.floor().clamp(max=max_px).long().flatten()
-    sums = torch.zeros(max_px + 1, dtype=torch.float64).index_add_(0, bins, err.flatten())
-    counts = torch.zeros(max_px + 1, dtype=torch.float64).index_add_(0, bins, torch.ones_like(err.flatten()))
-    return sums / counts.clamp(min=1)
+    """Mean error by distance to the nearest boundary: entry d averages pixels at distance [d, d+1),
+    for d < max_px (NaN where no pixel lies at that distance)."""
+    dist = boundary_distance(plan).flatten()
+    near = dist < max_px
+    bins = dist[near].floor().long()
+    sums = torch.zeros(max_px, dtype=torch.float64).index_add_(0, bins, err.flatten()[near])
+    counts = torch.zeros(max_px, dtype=torch.float64).index_add_(0, bins, torch.ones_like(sums[bins]))
+    return sums / counts.where(counts > 0, torch.tensor(float("nan"), dtype=torch.float64))
 
 
 def default_band_px(plan) -> int:

@@ -134,7 +134,7 @@ def plot_seam_profile(profiles: dict, ax=None):
     fig, ax = _axes(ax, figsize=(6, 3.5))
     for name, prof in profiles.items():
         p = prof.numpy()
-        ax.semilogy(np.arange(len(p)), np.maximum(p, 1e-12), label=name)
+        ax.semilogy(np.arange(len(p)), np.where(np.isnan(p), np.nan, np.maximum(p, 1e-12)), label=name)
     ax.set_xlabel("distance to nearest boundary (px)")
     ax.set_ylabel("mean |error|")
     ax.set_title("seam signature")
@@ -185,4 +185,51 @@ def plot_strategy(result, reference=None, frame: int = 0):
         plot_error_map(error_map(result.output, reference), result.plan, ax=axes[0, 1],
                        title=f"{result.strategy}: |output - full|")
     fig.tight_layout()
+    return fig
+
+
+def plot_rank_peaks(results: dict, ax=None, above_baseline: bool = True):
+    """Peak memory of every rank, grouped by strategy (GiB; CPU: resident set above the start)."""
+    fig, ax = _axes(ax, figsize=(7, 3.5))
+    names = list(results)
+    world = max(len(r.ranks) for r in results.values())
+    colours = rank_colours(world)
+    width = 0.8 / world
+    for rank in range(world):
+        peaks = []
+        for name in names:
+            ranks = results[name].ranks
+            s = ranks[rank] if rank < len(ranks) else None
+            base = s.baseline_bytes if s is not None and above_baseline and s.peak_allocated_bytes is None else 0
+            peaks.append((s.peak_bytes - base) / 2**30 if s is not None else 0)
+        ax.bar(np.arange(len(names)) + (rank - (world - 1) / 2) * width, peaks, width, color=colours[rank],
+               label=f"rank {rank}")
+    ax.set_xticks(np.arange(len(names)), names, rotation=20)
+    ax.set_ylabel("peak GiB")
+    ax.set_title("peak memory per rank")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_times(results: dict, ax=None):
+    """Wall time of each strategy (slowest rank), split into its phases on rank 0."""
+    fig, ax = _axes(ax, figsize=(7, 3.5))
+    names = list(results)
+    phase_names = []
+    for r in results.values():
+        for p in r.ranks[0].timings_s:
+            if p != "total" and p not in phase_names:
+                phase_names.append(p)
+    bottom = np.zeros(len(names))
+    for i, phase in enumerate(phase_names):
+        vals = np.array([results[n].ranks[0].timings_s.get(phase, 0.0) for n in names])
+        ax.bar(names, vals, bottom=bottom, label=phase, color=f"C{i}")
+        bottom += vals
+    ax.scatter(names, [results[n].time_s for n in names], color="black", marker="_", s=400, label="total (slowest rank)")
+    ax.set_ylabel("seconds")
+    ax.set_title("time per strategy")
+    ax.tick_params(axis="x", rotation=20)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
     return fig
