@@ -7,7 +7,8 @@ Statistics are float32 whatever the input dtype; every output is rounded once. A
 references in `kernels/modulation_ref.py`.
 
 Runs on CUDA tensors, or on CPU tensors through the Triton interpreter: TRITON_INTERPRET=1 must be set
-before this module is imported (triton.jit reads it when the kernel is decorated).
+before triton is first imported in the process (triton.jit reads it when a function is decorated, and
+triton.language's own tl.sum is one).
 
     python -m pytest tests/test_kernels.py -q
 """
@@ -74,7 +75,7 @@ def _layernorm_modulate_kernel(
     mean = tl.sum(x, axis=0) / hidden
     centered = tl.where(mask, x - mean, 0.0)
     var = tl.sum(centered * centered, axis=0) / hidden
-    y = centered / tl.sqrt(var + eps)
+    y = centered * tl.rsqrt(var + eps)
     if HAS_WEIGHT:
         y = y * tl.load(weight_ptr + cols * stride_w, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -97,6 +98,15 @@ def _layernorm_modulate_kernel(
     tl.store(y_ptr + out_offsets, y * (1.0 + scale) + shift, mask=mask)
 
 
+def _interpreted() -> bool:
+    """Whether the kernel runs in the Triton interpreter; raises if only half of Triton does."""
+    ours, triton_own = (isinstance(f, InterpretedFunction) for f in (_layernorm_modulate_kernel, tl.sum))
+    if ours != triton_own:
+        raise RuntimeError("TRITON_INTERPRET=1 was set after triton was imported but before kernels.modulation: "
+                           "set it before triton is first imported")
+    return ours
+
+
 def _num_warps(block_d: int) -> int:
     return 4 if block_d < 2048 else 8 if block_d < 8192 else 16 if block_d < 32768 else 32
 
@@ -107,9 +117,9 @@ def _launch(x, weight, bias, scale0, shift0, eps, *, gate0=None, scale1=None, sh
     batch, tokens, hidden = x.shape
     if hidden > MAX_HIDDEN:
         raise ValueError(f"hidden size {hidden} is above MAX_HIDDEN={MAX_HIDDEN} of the single-pass kernel")
-    if x.device.type != "cuda" and not isinstance(_layernorm_modulate_kernel, InterpretedFunction):
+    if x.device.type != "cuda" and not _interpreted():
         raise RuntimeError(f"kernels.modulation runs on CUDA tensors, got {x.device}; for CPU tensors set "
-                           "TRITON_INTERPRET=1 before importing kernels.modulation")
+                           "TRITON_INTERPRET=1 before triton is first imported")
     has_residual, has_index = residual is not None, index is not None
     norm_in_dtype = x.dtype
     residual_out = None

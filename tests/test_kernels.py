@@ -3,9 +3,9 @@
 - The references (the native ops) against the formula written out in float64, over odd shapes (hidden 3072,
   3000, 64; tokens 1, 77, 4096), fp32/bf16/fp16, both index patterns, strided inputs and LayerNorm affine.
 - The Triton kernels against the references. Without a GPU they run through the Triton interpreter, which
-  triton.jit picks when a kernel is decorated: so the kernels run in a child process (this file run as a
-  script) started with TRITON_INTERPRET=1, whatever this process imported first. Small shapes there: the
-  interpreter runs one Python program per token.
+  triton.jit picks when a function is decorated (triton.language's tl.sum included, at `import triton`): so
+  the kernels run in a child process (this file run as a script) started with TRITON_INTERPRET=1, whatever
+  this process imported first. Small shapes there: the interpreter runs one Python program per token.
 
     python -m pytest tests/test_kernels.py -q
 """
@@ -283,6 +283,46 @@ def test_triton_on_cpu_without_interpreter_says_how():
     args = make_args(Case("layernorm_scale_shift", (1, 1, modulation.MAX_HIDDEN + 1), "fp32"))
     with pytest.raises(ValueError, match="MAX_HIDDEN"):
         modulation.layernorm_scale_shift(**args)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles the real kernel")
+@pytest.mark.parametrize("residual, index", [(False, False), (True, False), (False, True), (True, True)])
+def test_triton_kernel_compiles_for_hopper_with_16_byte_accesses(residual, index):
+    """No GPU needed: compile ahead of time for sm_90 (H100/H200), specialised as the JIT specialises contiguous
+    bf16 inputs of hidden 3072 (unit strides become constants, the rest divisible by 16), and check that
+    every load and store of a row is a 16-byte vector."""
+    pytest.importorskip("triton")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels import modulation
+
+    kernel = modulation._layernorm_modulate_kernel
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name.endswith("_ptr"):
+            signature[name] = "*i32" if name == "index_ptr" else "*bf16"
+        elif name.endswith("_d") or name in ("stride_w", "stride_bias", "stride_i_l"):
+            signature[name], constexprs[name] = "constexpr", 1
+        elif name in ("eps", "tokens"):
+            signature[name] = "fp32" if name == "eps" else "i32"
+            continue
+        elif name.isupper():
+            signature[name] = "constexpr"
+            continue
+        else:
+            signature[name] = "i32"
+        attrs[(i,)] = [["tt.divisibility", 16]]
+    constexprs |= {"HAS_RESIDUAL": residual, "HAS_INDEX": index, "HAS_WEIGHT": False, "HAS_BIAS": False,
+                   "BLOCK_D": 4096}
+    attrs = {k: v for k, v in attrs.items() if signature[kernel.arg_names[k[0]]] != "constexpr"}
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": 8})
+    ptx = compiled.asm["ptx"]
+    assert "ld.global.b16" not in ptx and "ld.global.v4" in ptx and "st.global.v4" in ptx
+    rows_out = 1 + residual + index  # y, residual_out, gate
+    assert ptx.count("st.global.v4") == 2 * rows_out  # 3072 bf16 over 256 threads: 2 x 16 bytes each
 
 
 if __name__ == "__main__":  # the child process of triton_outputs
