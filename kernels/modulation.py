@@ -129,7 +129,7 @@ def _launch(x, weight, bias, scale0, shift0, eps, *, gate0=None, scale1=None, sh
         residual_gate = residual_gate.expand(x.shape)  # (B, 1, D) -> token stride 0
     y = torch.empty(x.shape, dtype=torch.promote_types(norm_in_dtype, scale0.dtype), device=x.device)
     gate = torch.empty(x.shape, dtype=gate0.dtype, device=x.device) if has_index else None
-    if batch * tokens == 0:
+    if x.numel() == 0:
         return y, residual_out, gate
 
     def strides(t, n):  # absent tensors: a dummy pointer (x) the kernel never reads, strides 0
