@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decode", help="decode one latent with several strategies and compare them")
     _add_job_args(d)
     _add_decode_args(d)
+    from . import bench
+
+    bench.add_parser(sub)
     return parser
 
 

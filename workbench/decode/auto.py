@@ -18,7 +18,7 @@ import psutil
 import torch
 
 from .memory import SAFETY, trace_decode_bytes, weight_bytes
-from .plan import PlanError, plan_shards, plan_tiles
+from .plan import PlanError, plan_patches, plan_shards, plan_tiles
 
 TILE_CANDIDATES_PX = (1024, 768, 512, 384, 256, 192, 128)
 MIN_SHARD_LATENT = 4  # smaller blocks: halo traffic and per-conv latency outweigh the split
@@ -65,6 +65,12 @@ def estimate_bytes(vae, fd, z5_shape, mode: str, world_size: int, **params) -> i
         local = trace_decode_bytes(vae, (b, z5_shape[1], t, biggest.rows.size + 2, biggest.cols.size + 2))
         held = 2 * out_bytes if params.get("output", "rank0") != "sharded" else 0  # gather buffers + image
         return int(weights + SAFETY * local + held)
+    if mode == "patch":
+        plan = plan_patches((t, h, w), scale=fd.spatial_ratio, world_size=world_size,
+                            halo_latent=params.get("halo_latent", 1), grid=params.get("grid"))
+        biggest = max(plan.items, key=lambda p: p.halo_rows.size * p.halo_cols.size)
+        local = trace_decode_bytes(vae, (b, z5_shape[1], t, biggest.halo_rows.size, biggest.halo_cols.size))
+        return int(weights + SAFETY * local + 2 * out_bytes)  # every rank gathers the image
     raise ValueError(f"no memory estimate for mode {mode!r}")
 
 
