@@ -74,7 +74,8 @@ class Measure:
     def __init__(self, device="cpu", *, sample_interval_s: float | None = None, sync: bool = True):
         self.device = torch.device(device)
         self.accel = _accelerator_module(self.device)
-        self.interval = sample_interval_s or (0.002 if self.accel else 0.01)
+        # 10 ms: each sample takes the GIL, which the Python-driven decoders need to launch kernels
+        self.interval = sample_interval_s or 0.01
         self.sync = sync
         self.timings: dict[str, float] = {}
         self.phases: list[tuple[str, float, float]] = []
