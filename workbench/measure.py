@@ -72,6 +72,8 @@ class Measure:
     """Context manager measuring one rank's run; `phase(name)` times a synchronised section."""
 
     def __init__(self, device="cpu", *, sample_interval_s: float | None = None, sync: bool = True):
+        """`sync`: synchronise around every phase (per-phase device times); the start and the end
+        of the measurement are synchronised either way."""
         self.device = torch.device(device)
         self.accel = _accelerator_module(self.device)
         # 10 ms: each sample takes the GIL, which the Python-driven decoders need to launch kernels
@@ -105,8 +107,8 @@ class Measure:
         return self
 
     def __exit__(self, *exc):
-        if self.sync and exc[0] is None:
-            synchronize(self.device)
+        if exc[0] is None:
+            synchronize(self.device)  # always: the total is the device's time, phases or not
         self.elapsed = time.perf_counter() - self.t0
         self._stop.set()
         self._thread.join()
