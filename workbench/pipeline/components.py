@@ -41,7 +41,7 @@ _GLM_TINY = dict(patch_size=2, in_channels=16, out_channels=16, num_layers=2, at
                  num_attention_heads=4, text_embed_dim=32, time_embed_dim=32, condition_dim=16,
                  prior_vq_quantizer_codebook_size=64)
 
-_QWEN_TEXT_TINY = dict(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+_QWEN_TEXT_TINY = dict(vocab_size=384, bos_token_id=None, eos_token_id=None, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                        num_key_value_heads=1, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                                                "mrope_section": [2, 3, 3]})
 _T5_TINY = dict(vocab_size=384, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2)
