@@ -205,6 +205,11 @@ def unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 class QwenImagePipeline(Pipeline):
     renorm = True
 
+    def check(self, request) -> None:
+        super().check(request)
+        if request.steps < 2:  # its schedule is stretched to end at shift_terminal: one sigma divides 0 by 0
+            raise ValueError(f"{self.spec.name} needs steps >= 2, got {request.steps}")
+
     def latent_hw(self, request) -> tuple[int, int]:
         _, h, w = C.latent_grid(self.spec, request.height, request.width)
         return h, w

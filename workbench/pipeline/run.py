@@ -69,6 +69,10 @@ def make_job(pipeline: str = "qwen-image", *, size=None, **kwargs) -> tuple[Requ
     given = {k: v for k, v in kwargs.items() if k in request_names}
     request = Request(pipeline=spec.name, **{"height": h, "width": w, "frames": f,
                                              "guidance_scale": spec.guidance_scale, **given})
+    if options.cfg == 2 and request.guidance_scale <= 1:
+        raise ValueError(f"cfg=2 (CFG parallel) needs guidance_scale > 1, got {request.guidance_scale}")
+    if request.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {request.steps}")
     return request, options
 
 
@@ -104,7 +108,7 @@ class GenerationResult:
     options: Options
     dims: ParallelDims
     rank: int
-    output: torch.Tensor | None  # (B, 3, H, W) or (B, 3, T, H, W) in [-1, 1]; rank 0
+    output: torch.Tensor | None  # the VAE's pixels (B, 3, [T,] H, W), about [-1, 1] (clamped when drawn); rank 0
     latents: torch.Tensor | None  # final latents in the model's layout
     prior_token_ids: torch.Tensor | None  # glm-image: the AR tokens this rank used
     spans: list[Span]

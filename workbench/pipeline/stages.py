@@ -95,5 +95,5 @@ class Batch:
     image_latents: torch.Tensor | None = None  # qwen-image-edit: the reference image, packed (B, S_ref, 64)
     prior_token_ids: torch.Tensor | None = None  # glm-image: AR image tokens at the DiT grid (B, S)
     latents: torch.Tensor | None = None  # the model's latent layout (packed for Qwen-Image)
-    output: torch.Tensor | None = None  # decoded pixels in [-1, 1] (rank 0)
+    output: torch.Tensor | None = None  # decoded pixels, about [-1, 1] (rank 0)
     extras: dict = field(default_factory=dict)  # small values the stages record (step times, decode Result, ...)
