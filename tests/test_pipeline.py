@@ -128,3 +128,15 @@ def test_cluster_generate_returns_rank0_result(cluster):
     result = cluster.generate("qwen-image", tiny=True, steps=2, progress=False, sp=2)
     assert result.rank == 0 and result.output is not None and result.output.device.type == "cpu"
     assert "rank 1 s" in result.table()
+
+
+@pytest.mark.parametrize("name", ["wan2.1", "glm-image"])
+def test_plots_draw_from_a_result(references, name):
+    from workbench.pipeline import viz as pviz
+
+    r = references[name]
+    for draw in (pviz.show_output, pviz.plot_stage_timeline, pviz.plot_memory):
+        fig = draw(r)
+        assert fig.axes
+        fig.clf()
+    assert len(pviz.show_output(r).axes) == (4 if name == "wan2.1" else 1)

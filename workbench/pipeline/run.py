@@ -247,8 +247,9 @@ def run_generation(ctx, request: Request, options: Options) -> GenerationResult:
 
 
 def generate_task(ctx, request: Request, options: Options) -> GenerationResult:
-    """The Cluster task: every rank generates; each returns its GenerationResult on the CPU."""
-    return run_generation(ctx, request, options).cpu()
+    """The Cluster task: every rank generates; each returns its GenerationResult on the CPU. Workers show no
+    progress bars (their output interleaves with the notebook's)."""
+    return run_generation(ctx, request, dataclasses.replace(options, progress=False)).cpu()
 
 
 def generate(pipeline: str = "qwen-image", **kwargs) -> GenerationResult:
