@@ -116,10 +116,11 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in [
         source="Wan-AI/Wan2.2-T2V-A14B-Diffusers: two 14B experts (high noise, low noise), boundary 0.875",
         notes="One guidance scale for both experts (the real pipeline allows a second one).", tiny_text=_T5_TINY),
     PipelineSpec(
-        name="glm-image", vae="glm-image", transformer_class="GlmImageTransformer2DModel", transformer={},
+        name="glm-image", vae="glm-image", transformer_class="GlmImageTransformer2DModel",
+        transformer=dict(num_layers=30, attention_head_dim=128, num_attention_heads=32),
         tiny_transformer=_GLM_TINY, text_encoder="t5", text_dim=1472, text_len=2048, scheduler=_GLM_SCHEDULER,
         default_size=(1024, 1024, 1), tiny_size=(128, 128, 1), guidance_scale=1.5,
-        source="zai-org/GLM-Image (GlmImageTransformer2DModel defaults: 30 layers, 64 heads x 40)",
+        source="zai-org/GLM-Image transformer/config.json (30 layers, 32 heads x 128, 7B; not the class defaults)",
         notes="The AR stage samples the target grid's tokens only (the real one first samples a small preview "
               "grid); the glyph encoder reads the quoted text of the prompt.", tiny_text=_T5_TINY),
 ]}
@@ -172,8 +173,23 @@ def build_transformer(spec: PipelineSpec, *, tiny: bool, weights=None, dtype="fl
     if folder is not None:
         model = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=parse_dtype(dtype))
         return torch.nn.Module.to(model, device).eval().requires_grad_(False)
-    model = _seeded(seed + 1000 * expert, device, lambda: cls(**spec.transformer_config(tiny)))
+    if tiny:  # drawn in float32 and rounded: the bf16 tiny model is the fp32 one rounded
+        return _finish(_seeded(seed + 1000 * expert, device, lambda: cls(**spec.transformer_config(tiny))), dtype)
+    with _default_dtype(parse_dtype(dtype)):  # real size: drawn in the target dtype (20B in fp32 would be 80 GB)
+        model = _seeded(seed + 1000 * expert, device, lambda: cls(**spec.transformer_config(tiny)))
     return _finish(model, dtype)
+
+
+class _default_dtype:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __enter__(self):
+        self.saved = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.saved)
 
 
 def build_vae_for(spec: PipelineSpec, *, tiny: bool, weights=None, dtype="float32", device="cpu"):

@@ -34,7 +34,7 @@ from .sp import ATTENTION_METHODS, parallelize_dit, unparallelize_dit
 from .stages import Batch, Parallelism, Stage
 
 __all__ = ["Pipeline", "QwenImagePipeline", "QwenImageEditPipeline", "WanPipeline", "GlmImagePipeline",
-           "build_pipeline", "PIPELINES"]
+           "build_pipeline", "PIPELINES", "configure_transformer", "set_fused", "compile_blocks"]
 
 P = Parallelism
 
@@ -78,14 +78,7 @@ class Pipeline:
         wanted = dict(sp_group=sp_group, attention=attention, fused=fused, compile=compile)
         if self.applied == wanted:
             return self.applied_notes
-        notes = []
-        for model in self.transformers:
-            uncompile_blocks(model)
-            unparallelize_dit(model)
-            notes += set_fused(model, fused)
-            parallelize_dit(model, group=sp_group, attention=attention)
-            if compile:
-                compile_blocks(model)
+        notes = [n for model in self.transformers for n in configure_transformer(model, **wanted)]
         self.applied, self.applied_notes = wanted, sorted(set(notes))
         return self.applied_notes
 
@@ -406,6 +399,19 @@ def set_fused(model, fused: bool) -> list[str]:
         return ["fused ops: workbench.ops LayerNorm+scale/shift/gate (select01 for zero_cond_t)"]
     unfuse_modulation(model)
     return []
+
+
+def configure_transformer(model, *, sp_group=None, attention: str = "ulysses", fused: bool = False,
+                          compile: bool = False) -> list[str]:
+    """Fused ops, then sequence parallelism over `sp_group`, then compiled blocks, from a clean start
+    (whatever was applied before is undone first). Collective when `sp_group` has several ranks."""
+    uncompile_blocks(model)
+    unparallelize_dit(model)
+    notes = set_fused(model, fused)
+    parallelize_dit(model, group=sp_group, attention=attention)
+    if compile:
+        compile_blocks(model)
+    return notes
 
 
 def _blocks(model):
