@@ -171,13 +171,47 @@ def build_transformer(spec: PipelineSpec, *, tiny: bool, weights=None, dtype="fl
     cls = getattr(diffusers, spec.transformer_class)
     folder = _subfolder(weights, "transformer" if expert == 0 else f"transformer_{expert + 1}")
     if folder is not None:
-        model = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=parse_dtype(dtype))
-        return torch.nn.Module.to(model, device).eval().requires_grad_(False)
+        return load_local(cls, folder, dtype=dtype, device=device)
     if tiny:  # drawn in float32 and rounded: the bf16 tiny model is the fp32 one rounded
-        return _finish(_seeded(seed + 1000 * expert, device, lambda: cls(**spec.transformer_config(tiny))), dtype)
-    with _default_dtype(parse_dtype(dtype)):  # real size: drawn in the target dtype (20B in fp32 would be 80 GB)
-        model = _seeded(seed + 1000 * expert, device, lambda: cls(**spec.transformer_config(tiny)))
-    return _finish(model, dtype)
+        model = _finish(_seeded(seed + 1000 * expert, device, lambda: cls(**spec.transformer_config(tiny))), dtype)
+    else:
+        with _default_dtype(parse_dtype(dtype)):  # real size: drawn in the target dtype (20B in fp32: 80 GB)
+            model = _finish(_seeded(seed + 1000 * expert, device, lambda: cls(**spec.transformer_config(tiny))), dtype)
+    return keep_in_fp32(model)
+
+
+def load_local(cls, folder: Path, *, dtype="float32", device="cpu"):
+    """A diffusers model from a local folder (config.json + safetensors shards), loaded shard by shard into a
+    model built on `device` (peak: the model plus one shard). Unlike from_pretrained it needs no `accelerate`,
+    and the modules diffusers keeps in float32 receive the checkpoint's values before any rounding."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
+    with _default_dtype(parse_dtype(dtype)), torch.device(device):
+        model = keep_in_fp32(_finish(cls.from_config(cls.load_config(str(folder))), dtype))
+    missing = set(model.state_dict())
+    for f in files:
+        shard = load_file(str(f), device=str(device))
+        unexpected = sorted(set(shard) - missing)
+        if unexpected:
+            raise ValueError(f"{f}: tensors the {cls.__name__} config does not have, e.g. {unexpected[:3]}")
+        model.load_state_dict(shard, strict=False)
+        missing -= set(shard)
+    if missing:
+        raise ValueError(f"{folder}: no weights for {len(missing)} tensors of {cls.__name__}, e.g. {sorted(missing)[:3]}")
+    return model
+
+
+def keep_in_fp32(model):
+    """Put the modules diffusers keeps in float32 when loading in half precision (`_keep_in_fp32_modules`:
+    Wan's rope, time embedder, norms and modulation tables) back in float32, as from_pretrained would."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, module in model.named_modules():
+        if any(k in name.split(".") for k in keep):
+            torch.nn.Module.to(module, dtype=torch.float32)
+    return model
 
 
 class _default_dtype:
@@ -193,7 +227,14 @@ class _default_dtype:
 
 
 def build_vae_for(spec: PipelineSpec, *, tiny: bool, weights=None, dtype="float32", device="cpu"):
-    return build_vae(spec.vae, tiny=tiny, weights=weights, dtype=dtype, device=device)
+    """The VAE preset's model, or `weights`/vae (loaded with `load_local`: workbench.models.build_vae's own
+    folder check compares against class defaults it does not fill in, and refuses Wan/Qwen-Image folders)."""
+    if weights is None:
+        return build_vae(spec.vae, tiny=tiny, dtype=dtype, device=device)
+    import diffusers
+
+    cls = getattr(diffusers, get_preset(spec.vae).vae_class)
+    return load_local(cls, _subfolder(weights, "vae"), dtype=dtype, device=device)
 
 
 class EmbeddingStandIn(torch.nn.Module):
