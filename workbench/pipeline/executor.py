@@ -124,7 +124,7 @@ class Executor:
 
     def run(self, batch) -> Run:
         if _multi(self.ctx):
-            dist.barrier()  # a common time origin for every rank's spans
+            self.ctx.barrier()  # a common time origin for every rank's spans
         spans = []
         with Measure(self.ctx.device) as measure:
             for stage in self.stages:

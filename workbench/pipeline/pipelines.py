@@ -19,6 +19,7 @@ guidance formula, latent de-normalisation) in stage functions `fn(batch, ctx) ->
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import time
 
@@ -65,7 +66,6 @@ class Pipeline:
         self.vae = C.build_vae_for(spec, **kw)
         self.text = C.build_text_encoder(spec, seed=seed, **kw)
         self.applied: dict = {}
-        self.decode_mode, self.decode_params = "auto", {}
 
     # ------------------------------------------------------------------------------ configuration
 
@@ -85,11 +85,11 @@ class Pipeline:
     def stages(self, *, decode: str = "auto", decode_params: dict | None = None) -> list[Stage]:
         if decode not in STRATEGIES:
             raise ValueError(f"unknown decode mode {decode!r}; accepted: {', '.join(STRATEGIES)}")
-        self.decode_mode, self.decode_params = decode, dict(decode_params or {})
-        decode_kind = P.MAIN_RANK_ONLY if decode in SERIAL else P.REPLICATED
+        decode_stage = functools.partial(self.decode, mode=decode, params=dict(decode_params or {}))
+        decode_kind = P.MAIN_RANK_ONLY if decode in SERIAL else P.REPLICATED  # serial modes: rank 0 alone
         return [Stage("encode_prompt", self.encode_prompt, P.REPLICATED), *self.extra_stages(),
                 Stage("prepare_latents", self.prepare_latents, P.REPLICATED),
-                Stage("denoise", self.denoise, P.CFG_PARALLEL), Stage("decode", self.decode, decode_kind)]
+                Stage("denoise", self.denoise, P.CFG_PARALLEL), Stage("decode", decode_stage, decode_kind)]
 
     def extra_stages(self) -> list[Stage]:
         return []
@@ -126,7 +126,7 @@ class Pipeline:
         scheduler = self.scheduler(r)
         latents, step_times = batch.latents, []
         steps = tqdm(scheduler.timesteps, desc=f"{self.spec.name} denoise", disable=not ctx.progress, leave=False)
-        for i, t in enumerate(steps):
+        for t in steps:
             start = time.perf_counter()
             pred = guided(lambda branch: self.predict(latents, t, batch, branch), scale=r.guidance_scale, ctx=ctx,
                           renorm=self.renorm)
@@ -136,11 +136,11 @@ class Pipeline:
         return dataclasses.replace(batch, latents=latents, extras={**batch.extras, "step_times_s": step_times})
 
     @torch.inference_mode()
-    def decode(self, batch: Batch, ctx) -> Batch:
+    def decode(self, batch: Batch, ctx, *, mode: str = "auto", params: dict | None = None) -> Batch:
         z = self.vae_latents(batch)  # (B, C, [T,] h, w), the VAE's scale
-        serial = self.decode_mode in SERIAL
-        result = decode(self.vae, z, self.decode_mode, group=None if serial else ctx.groups.decode,
-                        progress=ctx.progress, model=self.spec.vae, gather_stats=not serial, **self.decode_params)
+        serial = mode in SERIAL  # rank 0 alone: no group, no stats gathering
+        result = decode(self.vae, z, mode, group=None if serial else ctx.groups.decode, progress=ctx.progress,
+                        model=self.spec.vae, gather_stats=not serial, **(params or {}))
         output, result.output = result.output, None
         return dataclasses.replace(batch, output=output if ctx.is_main else None,
                                    extras={**batch.extras, "decode": result})

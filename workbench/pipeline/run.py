@@ -232,6 +232,9 @@ def _set_dims(ctx, dims: ParallelDims) -> None:
 
 def run_generation(ctx, request: Request, options: Options) -> GenerationResult:
     """One rank's part of a generation; every rank of the world calls it with the same arguments."""
+    if options.device is not None and torch.device(options.device).type != torch.device(ctx.device).type:
+        raise ValueError(f"device={options.device!r} but this run's ranks are on {ctx.device.type} "
+                         "(a Cluster's device is chosen when it is created)")
     dims = ParallelDims(ctx.world_size, sp=options.sp, cfg=options.cfg)
     _set_dims(ctx, dims)
     pipeline = load_pipeline(request, options, ctx.device)
