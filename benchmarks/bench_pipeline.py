@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from workbench.dist import init_spmd  # noqa: E402
 from workbench.measure import versions  # noqa: E402
-from workbench.pipeline.components import build_transformer, get_spec  # noqa: E402
+from workbench.pipeline.components import build_transformer, get_spec, image_tokens  # noqa: E402
 from workbench.pipeline.pipelines import configure_transformer, pack  # noqa: E402
 
 SIZES = {"qwen-image": (1024, 1024, 1), "wan2.1": (480, 832, 81)}
@@ -71,11 +71,6 @@ def inputs_for(name: str, size, tiny: bool, device, dtype) -> dict:
     t = (f - 1) // 4 + 1
     return dict(hidden_states=rand(1, 16, t, h // 8, w // 8), encoder_hidden_states=rand(1, text, width),
                 timestep=torch.tensor([500.0], device=device), return_dict=False)
-
-
-def image_tokens(name: str, size) -> int:
-    h, w, f = size
-    return ((f - 1) // 4 + 1) * (h // 16) * (w // 16)
 
 
 def _sync(device):
@@ -223,7 +218,7 @@ def main(argv=None) -> int:
         inputs = inputs_for(name, size, args.smoke, ctx.device, dtype)
         for variant in variants:
             row = run_variant(model, name, variant, inputs, ctx, args)
-            row.update(size=list(size), image_tokens=image_tokens(name, size), text_tokens=inputs[
+            row.update(size=list(size), image_tokens=image_tokens(get_spec(name), *size), text_tokens=inputs[
                 "encoder_hidden_states"].shape[1], dtype=args.dtype, build_s=build_s, tiny=args.smoke)
             rows.append(row)
             if ctx.rank == 0:

@@ -59,27 +59,22 @@ def run(args) -> int:
     request, options = make_job(args.pipeline, **_kwargs(args))  # bad input fails here, before any process starts
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         return _spmd(request, options, args.out)
+    from ..dist.platform import default_device
+
+    device = options.device or default_device()
     if (args.world or 1) > 1:
         from ..dist import Cluster
         from .run import generate_task
 
-        device = (options.device or "cpu").split(":")[0] if options.device else None
-        with Cluster(world_size=args.world, device=device or _platform()) as cluster:
+        with Cluster(world_size=args.world, device=device.split(":")[0]) as cluster:
             result = cluster.run(generate_task, request, options)[0]
     else:
-        from ..dist.platform import default_device
         from .executor import local_context
         from .run import run_generation
 
-        result = run_generation(local_context(options.device or default_device()), request, options)
+        result = run_generation(local_context(device), request, options)
     _report(result, args.out)
     return 0
-
-
-def _platform() -> str:
-    from ..dist.platform import default_device
-
-    return default_device()
 
 
 def _spmd(request, options, out) -> int:

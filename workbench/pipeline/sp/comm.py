@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from ...dist.collectives import global_rank, group_rank, group_size
 
-__all__ = ["all_to_all", "all_gather_cat", "ring_shift", "probe_all_to_all"]
+__all__ = ["all_to_all", "all_gather_cat", "all_gather_list", "ring_shift", "probe_all_to_all"]
 
 
 def probe_all_to_all(group) -> bool:
