@@ -19,8 +19,9 @@ Timing: CUDA events around each forward after warm-up, a barrier before each; a 
 slowest rank's; the table gives the median over steps. Also recorded: per-rank peak allocated memory,
 the compile time (first compiled call), errors (a failing variant is recorded, the others still run).
 
-Writes data/bench/pipeline_<gpu>_sp<N>.json (machine, versions, command, one row per model x variant) and
-prints a table last. Budget: about 6 minutes per launch on H200s (most of it compiling).
+Writes data/bench/pipeline_<gpu>_sp<N>.json (machine, versions, command, one row per model x variant; rows of
+an earlier launch at the same path that this one did not measure are kept) and prints a table last.
+Budget: about 6 minutes per launch on H200s, most of it compiling; split a launch with --models if needed.
 """
 
 from __future__ import annotations
@@ -187,6 +188,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge_previous(record: dict, path: Path) -> dict:
+    """Keep the rows of an earlier run at the same path (same GPU and SP degree) that this run did not
+    measure again, so that separate launches (--models qwen-image, then --models wan2.1) fill one file."""
+    if not path.is_file():
+        return {**record, "commands": [record["command"]]}
+    old = json.loads(path.read_text())
+    measured = {(r["model"], r["variant"]) for r in record["rows"]}
+    kept = [r for r in old.get("rows", []) if (r["model"], r["variant"]) not in measured]
+    return {**record, "rows": kept + record["rows"], "commands": old.get("commands", [old.get("command")]) +
+            [record["command"]]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="qwen-image,wan2.1", help="comma-separated: qwen-image, wan2.1")
@@ -234,9 +247,10 @@ def main(argv=None) -> int:
         gpu = record["machine"].get("gpu", "cpu-smoke" if args.smoke else "cpu")
         slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
         out = Path(args.out) / f"pipeline_{slug}_sp{ctx.world_size}.json"
+        record = merge_previous(record, out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=1))
-        print(f"\n{table(rows)}\nwrote {out}")
+        print(f"\n{table(record['rows'])}\nwrote {out}")
     _barrier(ctx)
     ctx.close()
     return 0

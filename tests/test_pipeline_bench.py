@@ -22,3 +22,14 @@ def test_bench_smoke_writes_json(tmp_path, monkeypatch, capsys):
     assert rows[("qwen-image", "eager")]["step_s"] > 0 and rows[("wan2.1", "eager")]["image_tokens"] == 32
     assert "error" in rows[("wan2.1", "eager+fused")]  # no fused path for Wan: recorded, not fatal
     assert "step ms" in capsys.readouterr().out
+
+
+def test_bench_launches_fill_one_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    spec = importlib.util.spec_from_file_location("bench_pipeline", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for model in ("wan2.1", "qwen-image"):
+        assert bench.main(["--smoke", "--models", model, "--variants", "eager", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "pipeline_cpu-smoke_sp1.json").read_text())
+    assert [r["model"] for r in record["rows"]] == ["wan2.1", "qwen-image"] and len(record["commands"]) == 2
