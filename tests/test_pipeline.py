@@ -95,13 +95,15 @@ def _on_two_ranks(cluster, name, **kw):
     return cluster.run(generate_task, request, options)
 
 
+LAYOUTS = {"sp2": dict(sp=2), "cfg2": dict(cfg=2), "sp2-ring": dict(sp=2, attention="ring", decode="shard")}
+CASES = [(name, layout) for layout in LAYOUTS for name in PIPES
+         if layout != "sp2-ring" or name in ("qwen-image", "wan2.1", "glm-image")]  # ring: also in test_sp.py
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", PIPES)
-@pytest.mark.parametrize("layout", [dict(sp=2), dict(cfg=2), dict(sp=2, attention="ring", decode="shard")],
-                         ids=["sp2", "cfg2", "sp2-ring"])
+@pytest.mark.parametrize("name,layout", CASES, ids=[f"{n}-{lay}" for n, lay in CASES])
 def test_two_ranks_match_one(cluster, references, name, layout):
-    if name in ("qwen-image-edit", "wan2.2") and "attention" in layout:
-        pytest.skip("ring is covered by the other pipelines and test_sp.py")
+    layout = LAYOUTS[layout]
     r0, r1 = _on_two_ranks(cluster, name, **layout)
     ref = references[name]
     assert torch.equal(r0.latents, r1.latents), "every rank ends with the same latents"
