@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench decode ...`.
+"""Command line: `python -m workbench decode ...` and `python -m workbench generate ...` (workbench.pipeline.cli).
 
     python -m workbench decode --model qwen-image --tiny --size 512x512 --mode full,tiled --out runs/x
     torchrun --nproc-per-node 4 -m workbench decode --model wan2.1 --size 480x832x81 --mode shard
@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_args(d)
     _add_decode_args(d)
     from . import bench
+    from .pipeline.cli import add_parser as add_generate_parser
 
     bench.add_parser(sub)
+    add_generate_parser(sub)
     return parser
 
 

@@ -190,6 +190,16 @@ class Cluster:
         results = self.run(decode_task, job, mode, params)
         return results[0]
 
+    def generate(self, pipeline: str = "qwen-image", **kwargs):
+        """Run a whole generation on all ranks (stages, SP, CFG parallel, decode); rank 0's GenerationResult.
+
+        Keywords: workbench.pipeline.make_job's (size, prompt, steps, seed, tiny, sp, cfg, decode, ...).
+        """
+        from ..pipeline.run import generate_task, make_job
+
+        request, options = make_job(pipeline, **kwargs)
+        return self.run(generate_task, request, options)[0]
+
     def __repr__(self) -> str:
         state = "running" if self.alive else "stopped"
         return f"Cluster(world_size={self.world_size}, device={self.device!r}, {state}, devices={self.devices})"
