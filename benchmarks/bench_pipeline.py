@@ -223,6 +223,20 @@ def main(argv=None) -> int:
     ctx = init_spmd("cpu" if args.smoke else None)
     dtype = getattr(torch, args.dtype)
     rows = []
+
+    def write() -> tuple[dict, Path]:
+        """Rank 0 writes after every row, so a launch cut off at its time limit keeps what it measured."""
+        record = {"benchmark": "pipeline denoising step (one DiT forward)", "command": command(argv),
+                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(ctx),
+                  "versions": versions(), "rows": list(rows)}
+        gpu = record["machine"].get("gpu", "cpu-smoke" if args.smoke else "cpu")
+        slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+        out = Path(args.out) / f"pipeline_{slug}_sp{ctx.world_size}.json"
+        record = merge_previous(record, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1))
+        return record, out
+
     for name in models:
         size = (SMOKE_SIZES if args.smoke else SIZES)[name]
         t0 = time.perf_counter()
@@ -236,20 +250,13 @@ def main(argv=None) -> int:
             rows.append(row)
             if ctx.rank == 0:
                 print(table([row]).splitlines()[-1], flush=True)
+                write()
         del model, inputs
         eager_outputs.clear()
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
     if ctx.rank == 0:
-        record = {"benchmark": "pipeline denoising step (one DiT forward)", "command": command(argv),
-                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(ctx),
-                  "versions": versions(), "rows": rows}
-        gpu = record["machine"].get("gpu", "cpu-smoke" if args.smoke else "cpu")
-        slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
-        out = Path(args.out) / f"pipeline_{slug}_sp{ctx.world_size}.json"
-        record = merge_previous(record, out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=1))
+        record, out = write()
         print(f"\n{table(record['rows'])}\nwrote {out}")
     _barrier(ctx)
     ctx.close()
