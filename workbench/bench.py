@@ -78,7 +78,6 @@ def run_bench(args) -> int:
     from .decode import PARALLEL, SERIAL, STRATEGIES, strategy_params
     from .decode.auto import estimate_bytes
     from .dist import init_spmd
-    from .measure import versions
     from .metrics import compare
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -118,6 +117,7 @@ def run_bench(args) -> int:
             if main:
                 rows.append(row)
                 _print_row(row)
+                _write(args.out, ctx, world, rows)  # after every row: a launch stopped at a limit keeps its rows
             if mode in SERIAL:
                 ctx.barrier()
         del reference
@@ -125,14 +125,20 @@ def run_bench(args) -> int:
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
     if main:
-        report = {"machine": _machine(ctx.device), "versions": versions(), "world_size": world,
-                  "command": _command(world), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rows": rows}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+        _write(args.out, ctx, world, rows)
         print(table(rows))
         print(f"wrote {args.out}")
     ctx.close()
     return 0
+
+
+def _write(path, ctx, world: int, rows: list) -> None:
+    from .measure import versions
+
+    report = {"machine": _machine(ctx.device), "versions": versions(), "world_size": world,
+              "command": _command(world), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rows": rows}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=1, default=str))
 
 
 def _command(world: int) -> str:
