@@ -188,12 +188,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def merge_previous(record: dict, path: Path) -> dict:
+def merge_previous(record: dict, old: dict | None) -> dict:
     """Keep the rows of an earlier run at the same path (same GPU and SP degree) that this run did not
-    measure again, so that separate launches (--models qwen-image, then --models wan2.1) fill one file."""
-    if not path.is_file():
+    measure again, so that separate launches (--models qwen-image, then --models wan2.1) fill one file.
+    `old` is that file as it was when this launch started (this launch rewrites it after every row)."""
+    if old is None:
         return {**record, "commands": [record["command"]]}
-    old = json.loads(path.read_text())
     measured = {(r["model"], r["variant"]) for r in record["rows"]}
     kept = [r for r in old.get("rows", []) if (r["model"], r["variant"]) not in measured]
     return {**record, "rows": kept + record["rows"], "commands": old.get("commands", [old.get("command")]) +
@@ -223,6 +223,7 @@ def main(argv=None) -> int:
     ctx = init_spmd("cpu" if args.smoke else None)
     dtype = getattr(torch, args.dtype)
     rows = []
+    earlier: dict = {}  # output path -> its content before this launch's first write
 
     def write() -> tuple[dict, Path]:
         """Rank 0 writes after every row, so a launch cut off at its time limit keeps what it measured."""
@@ -232,7 +233,9 @@ def main(argv=None) -> int:
         gpu = record["machine"].get("gpu", "cpu-smoke" if args.smoke else "cpu")
         slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
         out = Path(args.out) / f"pipeline_{slug}_sp{ctx.world_size}.json"
-        record = merge_previous(record, out)
+        if out not in earlier:
+            earlier[out] = json.loads(out.read_text()) if out.is_file() else None
+        record = merge_previous(record, earlier[out])
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=1))
         return record, out

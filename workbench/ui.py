@@ -25,10 +25,17 @@ def _display(*objs):
     display(*objs)
 
 
-def _close(fig):
-    import matplotlib.pyplot as plt
+def _show(fig) -> None:
+    """Display a figure as PNG whatever the matplotlib backend (Agg in CI shows no figure by itself)."""
+    import io
 
+    import matplotlib.pyplot as plt
+    from IPython.display import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
+    _display(Image(data=buffer.getvalue()))
 
 
 def show_comparison(comparison: Comparison, frame: int = 0) -> None:
@@ -42,9 +49,7 @@ def show_comparison(comparison: Comparison, frame: int = 0) -> None:
     for mode, result in comparison.results.items():
         if result.output is None:
             continue
-        fig = viz.plot_strategy(result, reference=ref if mode != "full" else None, frame=frame)
-        _display(fig)
-        _close(fig)
+        _show(viz.plot_strategy(result, reference=ref if mode != "full" else None, frame=frame))
 
 
 def show_strategies(comparison: Comparison) -> None:
@@ -64,8 +69,7 @@ def show_strategies(comparison: Comparison) -> None:
         if result.world_size > 1:
             figs.append(viz.plot_memory_timeline(result))
     for fig in figs:
-        _display(fig)
-        _close(fig)
+        _show(fig)
 
 
 @dataclass
