@@ -1,5 +1,7 @@
 """Presets: architecture facts, parameter counts, weights loading and latent checks."""
 
+import json
+
 import pytest
 import torch
 
@@ -83,6 +85,18 @@ def test_seeded_weights_are_reproducible_and_bf16_is_the_rounded_fp32_model():
     for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(pa.to(torch.bfloat16), pb), n
     assert not torch.equal(a.decoder.conv_in.weight, build_vae("glm-image", tiny=True, seed=2).decoder.conv_in.weight)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_real_configs_pass_the_folder_check_and_altered_ones_do_not(name):
+    from workbench.models.build import check_local_config, vae_config
+
+    preset = get_preset(name)
+    real = {"_class_name": preset.vae_class, **vae_config(preset, tiny=False)}
+    check_local_config(preset, json.loads(json.dumps(real)), "config.json")  # lists, as a saved config has them
+    key = {"AutoencoderKL": "layers_per_block"}.get(preset.vae_class, "num_res_blocks")
+    with pytest.raises(ModelError, match=f"{key}=7"):
+        check_local_config(preset, {**real, key: 7}, "config.json")
 
 
 def test_local_weights_round_trip_and_errors(tmp_path):

@@ -163,7 +163,11 @@ def _reference(job, run_local):
     """The full decode on this rank, on the CPU for comparisons (None and an OOM row if it does not fit)."""
     try:
         result = run_local(job, "full", {}, profile=False)
-        return result.output.cpu(), None
+        reference = result.output.cpu()
+        del result
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # else rank 0's reserved memory in the timed runs includes the reference's
+        return reference, None
     except torch.OutOfMemoryError as e:
         torch.cuda.empty_cache()
         return None, {"model": job.model, "size": list(job.size), "mode": "full (reference)", "world_size": 1,

@@ -42,9 +42,28 @@ def vae_class(preset: Preset):
 
 
 def vae_config(preset: Preset, tiny: bool) -> dict:
-    """The full constructor config of the preset's VAE (class defaults filled in)."""
+    """The full constructor config of the preset's VAE: the class defaults, then the preset's values."""
+    import inspect
+
     cls = vae_class(preset)
-    return dict(cls.extract_init_dict({**(preset.tiny_config if tiny else preset.config)})[0])
+    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **(preset.tiny_config if tiny else preset.config)}
+
+
+def check_local_config(preset: Preset, found: dict, where: str) -> None:
+    """Refuse a config.json whose architecture differs from the preset's real (or tiny) config."""
+    if found.get("_class_name", preset.vae_class) != preset.vae_class:
+        raise ModelError(f"{preset.name}: {where} holds a {found['_class_name']}, the preset needs a {preset.vae_class}")
+    keys = [k for k in _ARCH_KEYS[preset.vae_class] if k in found]
+    for tiny in (False, True):
+        expected = vae_config(preset, tiny=tiny)
+        if all(_norm(found[k]) == _norm(expected.get(k)) for k in keys):
+            return
+    expected = vae_config(preset, tiny=False)
+    detail = ", ".join(f"{k}={found[k]!r} (preset: {expected.get(k)!r})" for k in keys
+                       if _norm(found[k]) != _norm(expected.get(k)))
+    raise ModelError(f"{preset.name}: the config at {where} does not match the preset: {detail}")
 
 
 def build_vae(preset: Preset | str, *, tiny: bool = False, weights: str | Path | None = None,
@@ -76,17 +95,7 @@ def _load_local(preset: Preset, path: Path, dtype, device):
     if not config_file.is_file():
         raise ModelError(f"{preset.name}: no diffusers VAE at {path} (looked for {path}/config.json and "
                          f"{path}/vae/config.json); pass a local folder saved with save_pretrained")
-    found = json.loads(config_file.read_text())
-    if found.get("_class_name", preset.vae_class) != preset.vae_class:
-        raise ModelError(f"{preset.name}: {config_file} holds a {found['_class_name']}, the preset needs a {preset.vae_class}")
-    expected = vae_config(preset, tiny=False)
-    tiny = vae_config(preset, tiny=True)
-    mismatched = [k for k in _ARCH_KEYS[preset.vae_class] if k in found and _norm(found[k]) != _norm(expected.get(k))]
-    if mismatched and all(_norm(found[k]) == _norm(tiny.get(k)) for k in _ARCH_KEYS[preset.vae_class] if k in found):
-        mismatched = []  # a saved tiny model of this preset
-    if mismatched:
-        detail = ", ".join(f"{k}={found[k]!r} (preset: {expected.get(k)!r})" for k in mismatched)
-        raise ModelError(f"{preset.name}: the config at {config_file} does not match the preset: {detail}")
+    check_local_config(preset, json.loads(config_file.read_text()), str(config_file))
     vae = vae_class(preset).from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
     return torch.nn.Module.to(vae, device).eval().requires_grad_(False)
 
