@@ -54,7 +54,7 @@ def estimate_bytes(vae, fd, z5_shape, mode: str, world_size: int, **params) -> i
                           stride_px=params.get("stride_px", 192))
         tile = plan.items[0]
         tile_bytes = trace_decode_bytes(vae, (b, z5_shape[1], t, tile.rows.size, tile.cols.size))
-        held = out_elems * 4 + out_bytes  # the float32 blend buffer and the output
+        held = out_elems * 4 + 2 * out_bytes  # the float32 blend buffer, its cast and the clamped output
         if mode == "parallel_tiled":  # gathered tiles of all ranks (overlaps counted)
             tiled_px = sum(x.rows_px.size * x.cols_px.size for x in plan.items)
             held += int(out_bytes * tiled_px / (h * w * fd.spatial_ratio**2))
