@@ -36,9 +36,16 @@ MAX_HIDDEN = 65536  # one row per program, in registers; every DiT's hidden size
 
 
 @triton.jit
-def _load_rows(ptr, batch, stride_b, stride_d, cols, mask):
-    """(ROWS, BLOCK_D) float32: each row's batch entry of a (B, D) modulation tensor."""
-    return tl.load(ptr + batch[:, None] * stride_b + cols[None, :] * stride_d, mask=mask, other=0.0).to(tl.float32)
+def _load_mod(ptr, batch, stride_b, stride_d, cols, hidden, mask, SAME_BATCH: tl.constexpr):
+    """A (B, D) modulation tensor's entries for the tile's rows, float32: loaded once, as (1, BLOCK_D), when all
+    rows of the tile share one batch entry (read per row, these vectors cost as much L2 traffic as x itself);
+    else (ROWS, BLOCK_D), one per row."""
+    if SAME_BATCH:  # a compile-time branch: one return, whose shape depends on it
+        values = tl.load(ptr + tl.min(batch, axis=0) * stride_b + cols * stride_d, mask=cols < hidden, other=0.0)
+        values = values[None, :]
+    else:
+        values = tl.load(ptr + batch[:, None] * stride_b + cols[None, :] * stride_d, mask=mask, other=0.0)
+    return values.to(tl.float32)
 
 
 @triton.jit
@@ -55,7 +62,7 @@ def _layernorm_modulate_kernel(
     index_ptr, stride_i_b, stride_i_l,
     n_rows, tokens, hidden, eps,
     HAS_RESIDUAL: tl.constexpr, HAS_INDEX: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr, ROWS: tl.constexpr, SAME_BATCH: tl.constexpr,
 ):
     # ROWS token rows per program, as one (ROWS, BLOCK_D) tile: the loads of all its rows are in flight
     # together, which a one-row program cannot do across its dependent load -> reduce -> store phases.
@@ -88,15 +95,16 @@ def _layernorm_modulate_kernel(
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + cols * stride_bias, mask=cols < hidden, other=0.0).to(tl.float32)[None, :]
 
-    scale = _load_rows(scale0_ptr, b, stride_scale0_b, stride_scale0_d, cols, mask)
-    shift = _load_rows(shift0_ptr, b, stride_shift0_b, stride_shift0_d, cols, mask)
-    if HAS_INDEX:
-        # Per-row choice between the two sets; the (B, D) sets are tiny and stay in L2.
+    scale = _load_mod(scale0_ptr, b, stride_scale0_b, stride_scale0_d, cols, hidden, mask, SAME_BATCH)
+    shift = _load_mod(shift0_ptr, b, stride_shift0_b, stride_shift0_d, cols, hidden, mask, SAME_BATCH)
+    if HAS_INDEX:  # per-row choice between the two sets
         use1 = (tl.load(index_ptr + b * stride_i_b + t * stride_i_l, mask=row_ok, other=0) != 0)[:, None]
-        scale = tl.where(use1, _load_rows(scale1_ptr, b, stride_scale1_b, stride_scale1_d, cols, mask), scale)
-        shift = tl.where(use1, _load_rows(shift1_ptr, b, stride_shift1_b, stride_shift1_d, cols, mask), shift)
-        gate = tl.where(use1, _load_rows(gate1_ptr, b, stride_gate1_b, stride_gate1_d, cols, mask),
-                        _load_rows(gate0_ptr, b, stride_gate0_b, stride_gate0_d, cols, mask))
+        scale = tl.where(use1, _load_mod(scale1_ptr, b, stride_scale1_b, stride_scale1_d, cols, hidden, mask,
+                                         SAME_BATCH), scale)
+        shift = tl.where(use1, _load_mod(shift1_ptr, b, stride_shift1_b, stride_shift1_d, cols, hidden, mask,
+                                         SAME_BATCH), shift)
+        gate = tl.where(use1, _load_mod(gate1_ptr, b, stride_gate1_b, stride_gate1_d, cols, hidden, mask, SAME_BATCH),
+                        _load_mod(gate0_ptr, b, stride_gate0_b, stride_gate0_d, cols, hidden, mask, SAME_BATCH))
         tl.store(gate_out_ptr + out_offsets, gate, mask=mask)  # exact: a copy of the chosen gate
     tl.store(y_ptr + out_offsets, y * (1.0 + scale) + shift, mask=mask)
 
@@ -156,7 +164,8 @@ def _launch(x, weight, bias, scale0, shift0, eps, *, gate0=None, scale1=None, sh
             *strides(index, 2),
             batch * tokens, tokens, hidden, float(eps),
             HAS_RESIDUAL=has_residual, HAS_INDEX=has_index, HAS_WEIGHT=weight is not None,
-            HAS_BIAS=bias is not None, BLOCK_D=block_d, ROWS=rows, num_warps=num_warps or _num_warps(block_d),
+            HAS_BIAS=bias is not None, BLOCK_D=block_d, ROWS=rows, SAME_BATCH=tokens % rows == 0,
+            num_warps=num_warps or _num_warps(block_d),
         )
     return y, residual_out, gate
 

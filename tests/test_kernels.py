@@ -221,8 +221,9 @@ def test_bool_index_and_broadcast_residual_gate():
 # --- the Triton kernels against the references --------------------------------------------------------------
 
 ROW_BLOCKS = (1, 4)  # token rows per program, besides the launcher's default
-ROW_BLOCK_SHAPES = {(1, 77, 3000)}  # 77 rows: the last program of 4 is partly empty
-TRITON_CASES = (make_cases([(1, 1, 3072), (1, 77, 3000), (1, 77, 64), (2, 7, 3072)])
+ROW_BLOCK_SHAPES = {(1, 77, 3000), (2, 8, 64)}  # 77 rows: the last program of 4 is partly empty and rows
+# of one program may belong to different batch entries; 2 x 8 tokens: blocks of 4 never straddle batches
+TRITON_CASES = (make_cases([(1, 1, 3072), (1, 77, 3000), (1, 77, 64), (2, 7, 3072), (2, 8, 64)])
                 + make_cases([(2, 7, 3000)], dtypes=("fp32", "bf16"), strided=True, affine=True))
 
 
@@ -335,7 +336,7 @@ def test_triton_kernel_compiles_for_hopper_with_16_byte_accesses(residual, index
     rows_out = 1 + residual + index  # y, residual_out, gate
     for rows in (1, 2):  # one token row per program, and the default two for hidden 3072
         flags = {"HAS_RESIDUAL": residual, "HAS_INDEX": index, "HAS_WEIGHT": False, "HAS_BIAS": False,
-                 "BLOCK_D": 4096, "ROWS": rows}
+                 "BLOCK_D": 4096, "ROWS": rows, "SAME_BATCH": True}
         compiled = triton.compile(ASTSource(kernel, signature, constexprs | flags, attrs),
                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
         ptx = compiled.asm["ptx"]
