@@ -186,19 +186,10 @@ def bench_kernels(args, device, dtype, impl, copy_gbps: float) -> list[dict]:
                    "fused_speedup_vs_eager": ms["eager"] / ms["fused"],
                    "fused_speedup_vs_compiled": ms["compiled"] / ms["fused"],
                    "fused_y_error_vs_reference_in_eps": max_error_in_eps(_first(out), _first(expected))}
-            if args.sweep and device.type == "cuda":  # the launch configuration: token rows per program x warps
-                from kernels import modulation
-
-                row["fused_ms_by_rows_and_warps"] = {
-                    f"rows{r}_warps{w}": median_ms(
-                        lambda f=fused_sequence(variant, modulation, num_warps=w, rows_per_program=r): f(**inputs),
-                        device, args.warmup_ms, args.rep_ms)
-                    for r in (1, 2, 4, 8) for w in (2, 4, 8, 16)}
-                best = min(row["fused_ms_by_rows_and_warps"].items(), key=lambda kv: kv[1])
-                row["best_launch"] = {"config": best[0], "ms": best[1], "pct_of_copy": 100 * row["bytes_moved"] /
-                                      (best[1] * 1e-3) / 1e9 / copy_gbps}
-                print(f"  {variant:18s} tokens {tokens:6d}: best {best[0]} {best[1]:.4f} ms "
-                      f"({row['best_launch']['pct_of_copy']:.0f}% of copy)", flush=True)
+            if args.sweep_warps and device.type == "cuda":
+                row["fused_ms_by_num_warps"] = {
+                    w: median_ms(lambda f=fused_sequence(variant, impl, num_warps=w): f(**inputs), device,
+                                 args.warmup_ms, args.rep_ms) for w in (2, 4, 8, 16)}
             rows.append(row)
             print(f"  {variant:18s} tokens {tokens:6d}: fused {ms['fused']:.4f} ms "
                   f"({row['pct_of_copy']['fused']:.0f}% of copy), eager {ms['eager']:.4f}, compiled {ms['compiled']:.4f}",
@@ -312,8 +303,7 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=2, help="transformer blocks of the model step (default 2)")
     p.add_argument("--skip-model", action="store_true", help="kernels only")
     p.add_argument("--skip-kernels", action="store_true", help="model step only")
-    p.add_argument("--sweep", action="store_true",
-                   help="also time the Triton kernel at rows per program 1/2/4/8 x num_warps 2/4/8/16")
+    p.add_argument("--sweep-warps", action="store_true", help="also time the fused kernel at num_warps 2/4/8/16")
     p.add_argument("--copy-GiB", type=float, default=1.0, help="size of the copy that measures bandwidth")
     p.add_argument("--warmup-ms", type=float, default=25)
     p.add_argument("--rep-ms", type=float, default=200)

@@ -1,6 +1,6 @@
 """Triton kernels: LayerNorm + adaptive scale/shift (+ per-token 0/1 modulation-set select, + residual add).
 
-One kernel, specialised by constexpr flags into the four variants; one program normalises ROWS token rows.
+One kernel, specialised by constexpr flags into the four variants; one program normalises one token row.
 Statistics are float32 whatever the input dtype; every output is rounded once. Any hidden size up to
 `MAX_HIDDEN` (the row is held in registers, masked to the next power of two). Inputs may have any strides
 (passed to the kernel); outputs are contiguous. Semantics, dtypes and argument checks are those of the
@@ -36,16 +36,8 @@ MAX_HIDDEN = 65536  # one row per program, in registers; every DiT's hidden size
 
 
 @triton.jit
-def _load_mod(ptr, batch, stride_b, stride_d, cols, hidden, mask, SAME_BATCH: tl.constexpr):
-    """A (B, D) modulation tensor's entries for the tile's rows, float32: loaded once, as (1, BLOCK_D), when all
-    rows of the tile share one batch entry (read per row, these vectors cost as much L2 traffic as x itself);
-    else (ROWS, BLOCK_D), one per row."""
-    if SAME_BATCH:  # a compile-time branch: one return, whose shape depends on it
-        values = tl.load(ptr + tl.min(batch, axis=0) * stride_b + cols * stride_d, mask=cols < hidden, other=0.0)
-        values = values[None, :]
-    else:
-        values = tl.load(ptr + batch[:, None] * stride_b + cols[None, :] * stride_d, mask=mask, other=0.0)
-    return values.to(tl.float32)
+def _load_row(ptr, batch, stride_b, stride_d, cols, mask):
+    return tl.load(ptr + batch * stride_b + cols * stride_d, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -60,52 +52,49 @@ def _layernorm_modulate_kernel(
     scale1_ptr, stride_scale1_b, stride_scale1_d, shift1_ptr, stride_shift1_b, stride_shift1_d,
     gate1_ptr, stride_gate1_b, stride_gate1_d,
     index_ptr, stride_i_b, stride_i_l,
-    n_rows, tokens, hidden, eps,
+    tokens, hidden, eps,
     HAS_RESIDUAL: tl.constexpr, HAS_INDEX: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_D: tl.constexpr, ROWS: tl.constexpr, SAME_BATCH: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
-    # ROWS token rows per program, as one (ROWS, BLOCK_D) tile: the loads of all its rows are in flight
-    # together, which a one-row program cannot do across its dependent load -> reduce -> store phases.
-    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # int64: B * L * D may pass 2**31
-    row_ok = row < n_rows
+    row = tl.program_id(0).to(tl.int64)  # int64: B * L * D may pass 2**31
     b = row // tokens
     t = row % tokens
     cols = tl.arange(0, BLOCK_D)
-    mask = row_ok[:, None] & (cols[None, :] < hidden)
-    out_offsets = row[:, None] * hidden + cols[None, :]
+    mask = cols < hidden
+    out_offsets = row * hidden + cols
 
-    x = tl.load(x_ptr + b[:, None] * stride_x_b + t[:, None] * stride_x_l + cols[None, :] * stride_x_d,
-                mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b * stride_x_b + t * stride_x_l + cols * stride_x_d, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        r = tl.load(residual_ptr + b[:, None] * stride_r_b + t[:, None] * stride_r_l + cols[None, :] * stride_r_d,
-                    mask=mask, other=0.0)
-        g = tl.load(residual_gate_ptr + b[:, None] * stride_rg_b + t[:, None] * stride_rg_l
-                    + cols[None, :] * stride_rg_d, mask=mask, other=0.0)
+        r = tl.load(residual_ptr + b * stride_r_b + t * stride_r_l + cols * stride_r_d, mask=mask, other=0.0)
+        g = tl.load(residual_gate_ptr + b * stride_rg_b + t * stride_rg_l + cols * stride_rg_d, mask=mask, other=0.0)
         x = r.to(tl.float32) + g.to(tl.float32) * x
         x = x.to(residual_out_ptr.dtype.element_ty)  # normalise what is stored, as the unfused sequence does
         tl.store(residual_out_ptr + out_offsets, x, mask=mask)
         x = x.to(tl.float32)
 
-    mean = tl.sum(x, axis=1) / hidden
-    centered = tl.where(mask, x - mean[:, None], 0.0)
-    var = tl.sum(centered * centered, axis=1) / hidden
-    y = centered * tl.rsqrt(var + eps)[:, None]
+    mean = tl.sum(x, axis=0) / hidden
+    centered = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(centered * centered, axis=0) / hidden
+    y = centered * tl.rsqrt(var + eps)
     if HAS_WEIGHT:
-        y = y * tl.load(weight_ptr + cols * stride_w, mask=cols < hidden, other=0.0).to(tl.float32)[None, :]
+        y = y * tl.load(weight_ptr + cols * stride_w, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        y = y + tl.load(bias_ptr + cols * stride_bias, mask=cols < hidden, other=0.0).to(tl.float32)[None, :]
+        y = y + tl.load(bias_ptr + cols * stride_bias, mask=mask, other=0.0).to(tl.float32)
 
-    scale = _load_mod(scale0_ptr, b, stride_scale0_b, stride_scale0_d, cols, hidden, mask, SAME_BATCH)
-    shift = _load_mod(shift0_ptr, b, stride_shift0_b, stride_shift0_d, cols, hidden, mask, SAME_BATCH)
-    if HAS_INDEX:  # per-row choice between the two sets
-        use1 = (tl.load(index_ptr + b * stride_i_b + t * stride_i_l, mask=row_ok, other=0) != 0)[:, None]
-        scale = tl.where(use1, _load_mod(scale1_ptr, b, stride_scale1_b, stride_scale1_d, cols, hidden, mask,
-                                         SAME_BATCH), scale)
-        shift = tl.where(use1, _load_mod(shift1_ptr, b, stride_shift1_b, stride_shift1_d, cols, hidden, mask,
-                                         SAME_BATCH), shift)
-        gate = tl.where(use1, _load_mod(gate1_ptr, b, stride_gate1_b, stride_gate1_d, cols, hidden, mask, SAME_BATCH),
-                        _load_mod(gate0_ptr, b, stride_gate0_b, stride_gate0_d, cols, hidden, mask, SAME_BATCH))
+    if HAS_INDEX:
+        # Branch on the token's set, so only the chosen set is read.
+        if tl.load(index_ptr + b * stride_i_b + t * stride_i_l) != 0:
+            scale = _load_row(scale1_ptr, b, stride_scale1_b, stride_scale1_d, cols, mask)
+            shift = _load_row(shift1_ptr, b, stride_shift1_b, stride_shift1_d, cols, mask)
+            gate = _load_row(gate1_ptr, b, stride_gate1_b, stride_gate1_d, cols, mask)
+        else:
+            scale = _load_row(scale0_ptr, b, stride_scale0_b, stride_scale0_d, cols, mask)
+            shift = _load_row(shift0_ptr, b, stride_shift0_b, stride_shift0_d, cols, mask)
+            gate = _load_row(gate0_ptr, b, stride_gate0_b, stride_gate0_d, cols, mask)
         tl.store(gate_out_ptr + out_offsets, gate, mask=mask)  # exact: a copy of the chosen gate
+    else:
+        scale = _load_row(scale0_ptr, b, stride_scale0_b, stride_scale0_d, cols, mask)
+        shift = _load_row(shift0_ptr, b, stride_shift0_b, stride_shift0_d, cols, mask)
     tl.store(y_ptr + out_offsets, y * (1.0 + scale) + shift, mask=mask)
 
 
@@ -118,17 +107,16 @@ def _interpreted() -> bool:
     return ours
 
 
-def _num_warps(block_d: int) -> int:
+def _num_warps(block_d: int, has_index: bool) -> int:
+    """Warps per program. Tuned on an H200 at hidden 3072 (data/bench/modulation_h200_kernels*.json): 4 for
+    the variants without the set choice (79-93% of copy bandwidth against 70-86% with 8), 8 with it."""
+    if block_d <= 4096 and not has_index:
+        return 4
     return 4 if block_d < 2048 else 8 if block_d < 8192 else 16 if block_d < 32768 else 32
 
 
-def _rows_per_program(block_d: int) -> int:
-    """Token rows per program: enough for ~8K elements in flight, one row for very wide rows."""
-    return max(1, min(8, 8192 // block_d))
-
-
 def _launch(x, weight, bias, scale0, shift0, eps, *, gate0=None, scale1=None, shift1=None, gate1=None, index=None,
-            residual=None, residual_gate=None, num_warps=None, rows_per_program=None):
+            residual=None, residual_gate=None, num_warps=None):
     """Allocate the outputs, launch one program per token, return (y, residual_out or None, gate or None)."""
     batch, tokens, hidden = x.shape
     if hidden > MAX_HIDDEN:
@@ -152,56 +140,51 @@ def _launch(x, weight, bias, scale0, shift0, eps, *, gate0=None, scale1=None, sh
         return (x, *([0] * n)) if t is None else (t, *t.stride())
 
     block_d = triton.next_power_of_2(hidden)
-    rows = rows_per_program or _rows_per_program(block_d)
     device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
     with device:
-        _layernorm_modulate_kernel[(triton.cdiv(batch * tokens, rows),)](
+        _layernorm_modulate_kernel[(batch * tokens,)](
             y, residual_out if has_residual else y, gate if has_index else y,
             *strides(x, 3), *strides(residual, 3), *strides(residual_gate, 3),
             *strides(weight, 1), *strides(bias, 1),
             *strides(scale0, 2), *strides(shift0, 2), *strides(gate0, 2),
             *strides(scale1, 2), *strides(shift1, 2), *strides(gate1, 2),
             *strides(index, 2),
-            batch * tokens, tokens, hidden, float(eps),
+            tokens, hidden, float(eps),
             HAS_RESIDUAL=has_residual, HAS_INDEX=has_index, HAS_WEIGHT=weight is not None,
-            HAS_BIAS=bias is not None, BLOCK_D=block_d, ROWS=rows, SAME_BATCH=tokens % rows == 0,
-            num_warps=num_warps or _num_warps(block_d),
+            HAS_BIAS=bias is not None, BLOCK_D=block_d, num_warps=num_warps or _num_warps(block_d, has_index),
         )
     return y, residual_out, gate
 
 
-def layernorm_scale_shift(x, weight, bias, scale, shift, eps, *, num_warps=None, rows_per_program=None):
+def layernorm_scale_shift(x, weight, bias, scale, shift, eps, *, num_warps=None):
     """(B, L, D) -> y = LN(x) * (1 + scale) + shift; scale, shift (B, D); weight, bias (D,) or None."""
     check_modulation_args(x, weight, bias, {"scale": scale, "shift": shift}, eps=eps)
-    return _launch(x, weight, bias, scale, shift, eps, num_warps=num_warps, rows_per_program=rows_per_program)[0]
+    return _launch(x, weight, bias, scale, shift, eps, num_warps=num_warps)[0]
 
 
-def layernorm_scale_shift_residual(x, residual, residual_gate, weight, bias, scale, shift, eps, *, num_warps=None,
-                                   rows_per_program=None):
+def layernorm_scale_shift_residual(x, residual, residual_gate, weight, bias, scale, shift, eps, *, num_warps=None):
     """-> (y, residual_out): residual_out = residual + residual_gate * x, y = LN(residual_out) * (1 + scale) + shift."""
     check_modulation_args(x, weight, bias, {"scale": scale, "shift": shift}, residual=residual,
                           residual_gate=residual_gate, eps=eps)
     y, residual_out, _ = _launch(x, weight, bias, scale, shift, eps, residual=residual, residual_gate=residual_gate,
-                                 num_warps=num_warps, rows_per_program=rows_per_program)
+                                 num_warps=num_warps)
     return y, residual_out
 
 
 def layernorm_scale_shift_gate_select01(x, weight, bias, scale0, shift0, gate0, scale1, shift1, gate1, index, eps, *,
-                                        num_warps=None, rows_per_program=None):
+                                        num_warps=None):
     """-> (y, gate), (B, L, D): scale/shift/gate of set 0 where index (B, L) == 0, else of set 1."""
     mods = {"scale0": scale0, "shift0": shift0, "gate0": gate0, "scale1": scale1, "shift1": shift1, "gate1": gate1}
     check_modulation_args(x, weight, bias, mods, index=index, eps=eps)
     y, _, gate = _launch(x, weight, bias, scale0, shift0, eps, gate0=gate0, scale1=scale1, shift1=shift1,
-                         gate1=gate1, index=index, num_warps=num_warps, rows_per_program=rows_per_program)
+                         gate1=gate1, index=index, num_warps=num_warps)
     return y, gate
 
 
 def layernorm_scale_shift_gate_select01_residual(x, residual, residual_gate, weight, bias, scale0, shift0, gate0,
-                                                 scale1, shift1, gate1, index, eps, *, num_warps=None,
-                                                 rows_per_program=None):
+                                                 scale1, shift1, gate1, index, eps, *, num_warps=None):
     """-> (y, residual_out, gate): the residual add, then the select01 modulation of residual_out."""
     mods = {"scale0": scale0, "shift0": shift0, "gate0": gate0, "scale1": scale1, "shift1": shift1, "gate1": gate1}
     check_modulation_args(x, weight, bias, mods, index=index, residual=residual, residual_gate=residual_gate, eps=eps)
     return _launch(x, weight, bias, scale0, shift0, eps, gate0=gate0, scale1=scale1, shift1=shift1, gate1=gate1,
-                   index=index, residual=residual, residual_gate=residual_gate, num_warps=num_warps,
-                   rows_per_program=rows_per_program)
+                   index=index, residual=residual, residual_gate=residual_gate, num_warps=num_warps)

@@ -220,10 +220,7 @@ def test_bool_index_and_broadcast_residual_gate():
 
 # --- the Triton kernels against the references --------------------------------------------------------------
 
-ROW_BLOCKS = (1, 4)  # token rows per program, besides the launcher's default
-ROW_BLOCK_SHAPES = {(1, 77, 3000), (2, 8, 64)}  # 77 rows: the last program of 4 is partly empty and rows
-# of one program may belong to different batch entries; 2 x 8 tokens: blocks of 4 never straddle batches
-TRITON_CASES = (make_cases([(1, 1, 3072), (1, 77, 3000), (1, 77, 64), (2, 7, 3072), (2, 8, 64)])
+TRITON_CASES = (make_cases([(1, 1, 3072), (1, 77, 3000), (1, 77, 64), (2, 7, 3072)])
                 + make_cases([(2, 7, 3000)], dtypes=("fp32", "bf16"), strided=True, affine=True))
 
 
@@ -233,14 +230,11 @@ def run_triton_cases(cases, device: str) -> dict:
 
     results = {}
     for case in cases:
-        for rows in (None, *ROW_BLOCKS) if case.shape in ROW_BLOCK_SHAPES else (None,):
-            key = case.id if rows is None else f"{case.id}|rows{rows}"
-            try:
-                launch = getattr(modulation, case.op)
-                outputs = as_dict(case, launch(**make_args(case, device), rows_per_program=rows))
-                results[key] = {k: v.cpu() for k, v in outputs.items()}
-            except Exception as e:  # reported by the test of that case
-                results[key] = f"{type(e).__name__}: {e}"
+        try:
+            outputs = as_dict(case, getattr(modulation, case.op)(**make_args(case, device)))
+            results[case.id] = {k: v.cpu() for k, v in outputs.items()}
+        except Exception as e:  # reported by the test of that case
+            results[case.id] = f"{type(e).__name__}: {e}"
     return results
 
 
@@ -279,18 +273,6 @@ def test_triton_matches_reference(case, triton_outputs):
         assert t.dtype == expected[name].dtype and t.is_contiguous(), name
 
 
-@pytest.mark.parametrize("rows", ROW_BLOCKS)
-@pytest.mark.parametrize("case", [c for c in TRITON_CASES if c.shape in ROW_BLOCK_SHAPES], ids=lambda c: c.id)
-def test_rows_per_program_changes_only_the_reduction_order(case, rows, triton_outputs):
-    # The same per-row formula whatever the row block; fp32 differs at most by summation order (1e-5),
-    # bf16/fp16 by one rounding step (2 eps), the chosen gate not at all.
-    default, blocked = triton_outputs[case.id], triton_outputs[f"{case.id}|rows{rows}"]
-    assert not isinstance(blocked, str), blocked
-    dtype = DTYPES[case.dtype]
-    rtol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
-    assert_outputs_close(case, blocked, default, rtol=rtol, atol=1e-5)
-
-
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available(),
                     reason="checks the error for CPU tensors without the interpreter")
 def test_triton_on_cpu_without_interpreter_says_how():
@@ -323,7 +305,7 @@ def test_triton_kernel_compiles_for_hopper_with_16_byte_accesses(residual, index
             signature[name] = "*i32" if name == "index_ptr" else "*bf16"
         elif name.endswith("_d") or name in ("stride_w", "stride_bias", "stride_i_l"):
             signature[name], constexprs[name] = "constexpr", 1
-        elif name in ("eps", "tokens", "n_rows"):
+        elif name in ("eps", "tokens"):
             signature[name] = "fp32" if name == "eps" else "i32"
             continue
         elif name.isupper():
@@ -332,17 +314,15 @@ def test_triton_kernel_compiles_for_hopper_with_16_byte_accesses(residual, index
         else:
             signature[name] = "i32"
         attrs[(i,)] = [["tt.divisibility", 16]]
+    constexprs |= {"HAS_RESIDUAL": residual, "HAS_INDEX": index, "HAS_WEIGHT": False, "HAS_BIAS": False,
+                   "BLOCK_D": 4096}
     attrs = {k: v for k, v in attrs.items() if signature[kernel.arg_names[k[0]]] != "constexpr"}
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": 8})
+    ptx = compiled.asm["ptx"]
+    assert "ld.global.b16" not in ptx and "ld.global.v4" in ptx and "st.global.v4" in ptx
     rows_out = 1 + residual + index  # y, residual_out, gate
-    for rows in (1, 2):  # one token row per program, and the default two for hidden 3072
-        flags = {"HAS_RESIDUAL": residual, "HAS_INDEX": index, "HAS_WEIGHT": False, "HAS_BIAS": False,
-                 "BLOCK_D": 4096, "ROWS": rows, "SAME_BATCH": True}
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs | flags, attrs),
-                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
-        ptx = compiled.asm["ptx"]
-        assert "ld.global.b16" not in ptx and "ld.global.v4" in ptx and "st.global.v4" in ptx
-        # rows x 3072 bf16 over 256 threads: 2 x 16 bytes per thread and row, for each output
-        assert ptx.count("st.global.v4") == 2 * rows * rows_out, rows
+    assert ptx.count("st.global.v4") == 2 * rows_out  # 3072 bf16 over 256 threads: 2 x 16 bytes each
 
 
 if __name__ == "__main__":  # the child process of triton_outputs
