@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 import psutil
 import torch
 
-__all__ = ["Measure", "RankStats", "Result", "versions", "device_kind", "synchronize"]
+__all__ = ["Measure", "RankStats", "RankSummary", "Result", "versions", "device_kind", "synchronize"]
 
 
 def device_kind(device) -> str:
@@ -160,8 +160,24 @@ def versions() -> dict:
     return out
 
 
+class RankSummary:
+    """`time_s` and `peak_bytes` of anything that holds per-rank `ranks: list[RankStats]`."""
+
+    ranks: list[RankStats]
+
+    @property
+    def time_s(self) -> float:
+        """Wall time of the slowest rank."""
+        return max(r.total_s for r in self.ranks)
+
+    @property
+    def peak_bytes(self) -> int:
+        """Largest per-rank peak memory."""
+        return max(r.peak_bytes for r in self.ranks)
+
+
 @dataclass
-class Result:
+class Result(RankSummary):
     """One decode: the output (rank 0's, or this rank's shard), the plan, and what every rank measured.
 
     JSON-serialisable without the tensor: `result.to_dict()` / `result.save(path)`.
@@ -180,16 +196,6 @@ class Result:
     choice: str | None = None  # auto: the strategy it ran
     reason: str | None = None  # auto: why
     versions: dict = field(default_factory=versions)
-
-    @property
-    def time_s(self) -> float:
-        """Wall time of the slowest rank."""
-        return max(r.total_s for r in self.ranks)
-
-    @property
-    def peak_bytes(self) -> int:
-        """Largest per-rank peak memory."""
-        return max(r.peak_bytes for r in self.ranks)
 
     def to_dict(self) -> dict:
         from .decode.plan import describe

@@ -35,21 +35,11 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _to_cpu(value):
     """Move tensors (also inside Results, lists, dicts) to the CPU before they cross to the parent."""
-    import dataclasses
-
     import torch
 
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {f.name: _to_cpu(getattr(value, f.name)) for f in dataclasses.fields(value)
-                   if isinstance(getattr(value, f.name), torch.Tensor)}
-        return dataclasses.replace(value, **changes) if changes else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    return value
+    from .tree import map_leaves
+
+    return map_leaves(value, lambda t: t.detach().cpu(), lambda x: isinstance(x, torch.Tensor))
 
 
 def worker_main(rank: int, world_size: int, init_method: str, device_kind: str, threads: int, timeout_s: float,

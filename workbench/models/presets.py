@@ -7,7 +7,7 @@ channels, so every decode strategy runs the same code paths on a laptop CPU as o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # The Wan2.1 VAE latents statistics (also the diffusers defaults of AutoencoderKLWan and AutoencoderKLQwenImage).
 _WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -83,18 +83,6 @@ PRESETS: dict[str, Preset] = {
             pipeline="WanPipeline",
         ),
         Preset(
-            name="wan2.2-a14b",
-            vae_class="AutoencoderKLWan",
-            config={},
-            tiny_config=dict(_WAN_TINY),
-            latent_channels=16, spatial_ratio=8, temporal_ratio=4,
-            latents_mean=_WAN21_MEAN, latents_std=_WAN21_STD,
-            default_size=(720, 1280, 81),
-            source="Wan-AI/Wan2.2-T2V-A14B-Diffusers vae/config.json: the Wan2.1 VAE",
-            pipeline="WanPipeline",
-            notes="The A14B text/image-to-video models reuse the Wan2.1 VAE.",
-        ),
-        Preset(
             name="wan2.2-ti2v-5b",
             vae_class="AutoencoderKLWan",
             config=dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, patch_size=2,
@@ -123,17 +111,6 @@ PRESETS: dict[str, Preset] = {
             notes="One frame of a Wan-style causal 3-D VAE; latents are (B, 16, 1, H/8, W/8).",
         ),
         Preset(
-            name="qwen-image-edit",
-            vae_class="AutoencoderKLQwenImage",
-            config={},
-            tiny_config=dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
-            latent_channels=16, spatial_ratio=8, temporal_ratio=4,
-            latents_mean=_WAN21_MEAN, latents_std=_WAN21_STD,
-            default_size=(1024, 1024, 1),
-            source="Qwen/Qwen-Image-Edit vae/config.json (the Qwen-Image VAE)",
-            pipeline="QwenImageEditPipeline",
-        ),
-        Preset(
             name="glm-image",
             vae_class="AutoencoderKL",
             config=dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[128, 512, 1024, 1024],
@@ -156,6 +133,18 @@ PRESETS: dict[str, Preset] = {
         ),
     ]
 }
+
+
+# Models that reuse another's VAE: the same preset under another name, typical size and pipeline.
+PRESETS["wan2.2-a14b"] = replace(
+    PRESETS["wan2.1"], name="wan2.2-a14b", default_size=(720, 1280, 81),
+    source="Wan-AI/Wan2.2-T2V-A14B-Diffusers vae/config.json: the Wan2.1 VAE",
+    notes="The A14B text/image-to-video models reuse the Wan2.1 VAE.")
+PRESETS["qwen-image-edit"] = replace(
+    PRESETS["qwen-image"], name="qwen-image-edit", pipeline="QwenImageEditPipeline",
+    source="Qwen/Qwen-Image-Edit vae/config.json (the Qwen-Image VAE)")
+PRESETS = {name: PRESETS[name] for name in
+           ("wan2.1", "wan2.2-a14b", "wan2.2-ti2v-5b", "qwen-image", "qwen-image-edit", "glm-image")}
 
 
 def get_preset(name: str) -> Preset:

@@ -17,7 +17,6 @@ timeout, or a Cluster's bounded wait, ends that.)
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ import torch.distributed as dist
 from ..dist.groups import Groups, ParallelDims
 from ..dist.launch import RankContext
 from ..dist.platform import backend_for
+from ..dist.tree import map_leaves
 from ..measure import Measure, RankStats, synchronize
 from .stages import Parallelism, Stage, StageError
 
@@ -204,32 +204,22 @@ class _TensorSlot:
 
 def _split(obj, tensors: list):
     """`obj` with every tensor appended to `tensors` and replaced by a _TensorSlot (dataclasses, dicts, lists)."""
-    if isinstance(obj, torch.Tensor):
-        tensors.append(obj)
-        return _TensorSlot(len(tensors) - 1, tuple(obj.shape), obj.dtype, obj.device.type == "cpu")
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        changes = {f.name: _split(getattr(obj, f.name), tensors) for f in dataclasses.fields(obj) if f.init}
-        return dataclasses.replace(obj, **changes)
-    if isinstance(obj, dict):
-        return {k: _split(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_split(v, tensors) for v in obj)
-    return obj
+
+    def slot(t: torch.Tensor) -> _TensorSlot:
+        tensors.append(t)
+        return _TensorSlot(len(tensors) - 1, tuple(t.shape), t.dtype, t.device.type == "cpu")
+
+    return map_leaves(obj, slot, lambda x: isinstance(x, torch.Tensor))
 
 
 def _fill(skeleton, pieces: list[torch.Tensor]):
     """The skeleton with each _TensorSlot replaced by its tensor."""
-    if isinstance(skeleton, _TensorSlot):
-        t = pieces[skeleton.index].clone().view(skeleton.dtype).reshape(skeleton.shape)  # clone: aligned storage
-        return t.cpu() if skeleton.on_cpu else t
-    if dataclasses.is_dataclass(skeleton) and not isinstance(skeleton, type):
-        changes = {f.name: _fill(getattr(skeleton, f.name), pieces) for f in dataclasses.fields(skeleton) if f.init}
-        return dataclasses.replace(skeleton, **changes)
-    if isinstance(skeleton, dict):
-        return {k: _fill(v, pieces) for k, v in skeleton.items()}
-    if isinstance(skeleton, (list, tuple)):
-        return type(skeleton)(_fill(v, pieces) for v in skeleton)
-    return skeleton
+
+    def tensor(s: _TensorSlot) -> torch.Tensor:
+        t = pieces[s.index].clone().view(s.dtype).reshape(s.shape)  # clone: aligned storage
+        return t.cpu() if s.on_cpu else t
+
+    return map_leaves(skeleton, tensor, lambda x: isinstance(x, _TensorSlot))
 
 
 def _bytes(t: torch.Tensor, device) -> torch.Tensor:

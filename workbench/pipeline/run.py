@@ -21,7 +21,7 @@ import torch
 
 from ..decode import STRATEGIES
 from ..dist.groups import Groups, ParallelDims
-from ..measure import RankStats, Result, versions
+from ..measure import RankStats, RankSummary, Result, versions
 from ..models import parse_dtype, parse_size
 from .components import get_spec
 from .executor import Executor, Span, local_context
@@ -101,7 +101,7 @@ def _check_options(o: Options) -> None:
 
 
 @dataclass
-class GenerationResult:
+class GenerationResult(RankSummary):
     """One generation as seen from one rank (rank 0's holds the output), with every rank's spans and stats."""
 
     request: Request
@@ -123,14 +123,6 @@ class GenerationResult:
     @property
     def strategy(self) -> str:  # the title workbench.viz.plot_memory_timeline uses
         return f"{self.request.pipeline} sp={self.dims.sp} cfg={self.dims.cfg}"
-
-    @property
-    def time_s(self) -> float:
-        return max(r.total_s for r in self.ranks)
-
-    @property
-    def peak_bytes(self) -> int:
-        return max(r.peak_bytes for r in self.ranks)
 
     @property
     def step_time_s(self) -> float | None:
