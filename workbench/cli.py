@@ -10,6 +10,7 @@ Under torchrun every rank decodes and rank 0 writes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -139,16 +140,16 @@ def cmd_decode(args) -> int:
 def _decode_spmd(job, modes, params, args) -> int:
     """One rank of a torchrun launch: every rank decodes, rank 0 compares and writes."""
     from .compare import Comparison, run_local
+    from .decode import SERIAL
     from .dist import init_spmd
-    from .metrics import compare as compare_outputs
 
     ctx = init_spmd(job.device)
-    job = type(job)(**{**job.__dict__, "device": str(ctx.device)})
+    job = dataclasses.replace(job, device=str(ctx.device))
     comparison = Comparison(job)
     if "full" not in modes:
         modes = ["full", *modes]
     for mode in modes:
-        if mode in ("full", "tiled"):
+        if mode in SERIAL:
             result = run_local(job, mode, params) if ctx.rank == 0 else None
         else:
             result = run_local(job, mode, params, group=ctx.group)
@@ -156,10 +157,7 @@ def _decode_spmd(job, modes, params, args) -> int:
             comparison.results[mode] = result
         ctx.barrier()
     if ctx.rank == 0:
-        ref = comparison.reference.output
-        for mode, r in comparison.results.items():
-            if r.output is not None and r.output.shape == ref.shape:
-                comparison.quality[mode] = compare_outputs(r.output, ref, r.plan)
+        comparison.measure_quality()
         print(comparison.table())
         if args.out:
             comparison.save(args.out)

@@ -102,6 +102,15 @@ class Comparison:
     def reference(self) -> Result | None:
         return self.results.get("full")
 
+    def measure_quality(self) -> None:
+        """Errors of every result against the full decode (those with an output of the same shape)."""
+        ref = self.reference
+        if ref is None or ref.output is None:
+            return
+        for mode, r in self.results.items():
+            if r.output is not None and r.output.shape == ref.output.shape:
+                self.quality[mode] = compare_outputs(r.output, ref.output, r.plan)
+
     def rows(self) -> list[dict]:
         out = []
         for mode, r in self.results.items():
@@ -127,7 +136,7 @@ class Comparison:
             else "RSS+ MiB"
         head = ["mode", "world", "items", "time s", peak_kind, "max|err|", "mean|err|", "PSNR dB", "seam/int"]
         lines = [[r["mode"], str(r["world"]), str(r["items"]), f"{r['time_s']:.3f}", f"{r['peak_MiB']:.1f}",
-                  _fmt(r["max_abs"], "{:.2e}"), _fmt(r["mean_abs"], "{:.2e}"), _fmt(r["psnr_db"], "{:.1f}"),
+                  _fmt(r["max_abs"], "{:.2e}"), _fmt(r["mean_abs"], "{:.2e}"), _fmt(r["psnr_db"], "{:.1f}", "exact"),
                   _fmt(r["seam_x"], "{:.1f}x")] for r in rows]
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
         fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
@@ -162,11 +171,11 @@ class Comparison:
         return written
 
 
-def _fmt(value, pattern: str) -> str:
+def _fmt(value, pattern: str, infinite: str = "inf") -> str:
     if value is None:
         return "-"
     if isinstance(value, float) and math.isinf(value):
-        return "exact" if "dB" in pattern or pattern == "{:.1f}" else "inf"
+        return infinite
     return pattern.format(value)
 
 
@@ -198,9 +207,5 @@ def compare(job: DecodeJob, modes, *, runner=None, reference: bool = True, progr
     comparison = Comparison(job)
     for mode in tqdm(modes, desc="strategies", disable=not progress, leave=False):
         comparison.results[mode] = runner(job, mode, params)
-    ref = comparison.reference
-    if ref is not None and ref.output is not None:
-        for mode, r in comparison.results.items():
-            if r.output is not None and r.output.shape == ref.output.shape:
-                comparison.quality[mode] = compare_outputs(r.output, ref.output, r.plan)
+    comparison.measure_quality()
     return comparison

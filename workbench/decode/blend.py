@@ -1,13 +1,15 @@
-"""Weighted blending of decoded tiles into the output, shared by the serial and parallel tiled decodes.
+"""Putting decoded pieces together: weighted blending of tiles (serial and parallel tiled decodes) and
+gathering of non-overlapping blocks (patch and shard).
 
-Both add the tiles of a frame window in plan index order with the same arithmetic, so a parallel
-tiled decode reproduces the serial one bit for bit.
+Both tiled decodes add the tiles of a frame window in plan index order with the same arithmetic, so a
+parallel tiled decode reproduces the serial one bit for bit.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..dist.collectives import all_gather_padded, gather_padded
 from .plan import Span, Tile
 
 
@@ -22,3 +24,19 @@ def blend_into(out: torch.Tensor, tile: Tile, pixels: torch.Tensor, frames: Span
     """out[:, :, frames, tile rows, tile cols] += weight * pixels, in float32, one vectorised op."""
     region = out[:, :, frames.slice(), tile.rows_px.slice(), tile.cols_px.slice()]
     region.add_(pixels.float() * tile_weight(tile, out.device))
+
+
+def gather_blocks(block: torch.Tensor, plan, group, everywhere: bool) -> torch.Tensor | None:
+    """The (B, C, F, H, W) image from every rank's block (plan item r is rank r's, non-overlapping), on every
+    rank (`everywhere`) or on rank 0 only (None on the others). Block sizes come from the plan."""
+    b, c, f = block.shape[:3]
+    numels = [b * c * f * item.rows_px.size * item.cols_px.size for item in plan.items]
+    parts = (all_gather_padded(block, numels, group) if everywhere
+             else gather_padded(block, numels, group, dst=0))
+    if parts is None:
+        return None
+    out = block.new_empty(b, c, f, *plan.pixel_size)
+    for item, part in zip(plan.items, parts):
+        out[:, :, :, item.rows_px.slice(), item.cols_px.slice()] = part.view(b, c, f, item.rows_px.size,
+                                                                             item.cols_px.size)
+    return out

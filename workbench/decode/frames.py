@@ -96,6 +96,21 @@ class FrameDecoder:
         y = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
         return self._unpatchify(y)
 
+    def decode_window(self, x: torch.Tensor, tiles, window, caches: dict, last: bool, measure):
+        """Yield (tile, pixels) for each tile of one frame window, decoding it from the prepared latent `x`.
+
+        `caches` maps a tile index to its causal frame cache and carries it to the next window (dropped after
+        the `last`), so a tiled decode in windows gives the output of one pass.
+        """
+        for tile in tiles:
+            cache = caches.pop(tile.index, None) or self.new_cache()
+            with measure.phase("decode"):
+                pixels = self.decode(x[:, :, window.latent.slice(), tile.rows.slice(), tile.cols.slice()], cache,
+                                     window.first)
+            if not last:
+                caches[tile.index] = cache
+            yield tile, pixels
+
     def _unpatchify(self, y: torch.Tensor) -> torch.Tensor:
         if not self.patch_size or self.patch_size == 1:
             return y

@@ -40,14 +40,9 @@ def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px
         for w, window in enumerate(windows):
             last = w == len(windows) - 1
             decoded = []
-            with ctx.measure.phase("decode"):
-                for tile in mine:
-                    cache = caches.pop(tile.index, None) or fd.new_cache()
-                    decoded.append(fd.decode(x[:, :, window.latent.slice(), tile.rows.slice(), tile.cols.slice()],
-                                             cache, window.first))
-                    if not last:
-                        caches[tile.index] = cache
-                    bar.update()
+            for _, pixels in fd.decode_window(x, mine, window, caches, last, ctx.measure):
+                decoded.append(pixels)
+                bar.update()
             frames = window.pixel.size
             numel = {t.index: b * c * frames * t.rows_px.size * t.cols_px.size for t in plan.items}
             per_rank = [sum(numel[t.index] for t in plan.owned_by(r)) for r in range(ctx.world_size)]

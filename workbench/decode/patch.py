@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dist.collectives import all_gather_padded, gather_padded
+from .blend import gather_blocks
 from .plan import plan_patches
 
 OUTPUTS = ("all", "rank0")
@@ -28,15 +28,8 @@ def decode_patch(ctx, z: torch.Tensor, *, halo_latent: int = 1, grid=None, outpu
         decoded = fd.finish(fd.decode(x, fd.new_cache(), first=True))
         rows, cols = mine.crop_px
         core = fd.as_5d(decoded)[..., rows, cols].contiguous()
-    b, c, f = core.shape[:3]
-    numels = [b * c * f * p.rows_px.size * p.cols_px.size for p in plan.items]
     with ctx.measure.phase("gather"):
-        parts = (all_gather_padded(core, numels, ctx.group) if output == "all"
-                 else gather_padded(core, numels, ctx.group, dst=0))
-    if parts is None:
+        out = gather_blocks(core, plan, ctx.group, everywhere=output == "all")
+    if out is None:
         return None, plan, {"output": output}
-    h, w = plan.pixel_size
-    out = core.new_empty(b, c, f, h, w)
-    for p, part in zip(plan.items, parts):
-        out[:, :, :, p.rows_px.slice(), p.cols_px.slice()] = part.view(b, c, f, p.rows_px.size, p.cols_px.size)
     return fd.to_native(out), plan, {"grid": list(plan.grid), "output": output}

@@ -35,14 +35,9 @@ def decode_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 1
     with tqdm(total=len(windows) * len(plan.items), desc="tiles", disable=not ctx.progress, leave=False) as bar:
         for w, window in enumerate(windows):
             last = w == len(windows) - 1
-            for tile in plan.items:
-                cache = caches.pop(tile.index, None) or fd.new_cache()
-                with ctx.measure.phase("decode"):
-                    pixels = fd.decode(x[:, :, window.latent.slice(), tile.rows.slice(), tile.cols.slice()], cache, window.first)
+            for tile, pixels in fd.decode_window(x, plan.items, window, caches, last, ctx.measure):
                 with ctx.measure.phase("blend"):
                     blend_into(out, tile, pixels, window.pixel)
-                if not last:
-                    caches[tile.index] = cache
                 del pixels
                 bar.update()
     out = fd.finish(out.to(fd.dtype))

@@ -23,7 +23,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from ..dist.collectives import all_gather_padded, all_reduce_sum, exchange_halo, gather_padded
+from ..dist.collectives import all_gather_padded, all_reduce_sum, exchange_halo
+from .blend import gather_blocks
 from .plan import PlanError, ShardPlan, plan_shards
 
 __all__ = ["decode_shard", "sharded", "ShardComm"]
@@ -228,17 +229,5 @@ def _assemble(y: torch.Tensor, plan: ShardPlan, fd, ctx, output: str):
     """Gather the blocks (rank0 / all) into the native output layout, or keep this rank's block."""
     if output == "sharded" or ctx.world_size == 1:
         return y
-    y5 = fd.as_5d(y)
-    b, c, f = y5.shape[:3]
-    numels = [b * c * f * s.rows_px.size * s.cols_px.size for s in plan.items]
-    if output == "all":
-        parts = all_gather_padded(y5, numels, ctx.group)
-    else:
-        parts = gather_padded(y5, numels, ctx.group, dst=0)
-        if parts is None:
-            return None
-    h, w = plan.pixel_size
-    out = y5.new_empty(b, c, f, h, w)
-    for s, part in zip(plan.items, parts):
-        out[:, :, :, s.rows_px.slice(), s.cols_px.slice()] = part.view(b, c, f, s.rows_px.size, s.cols_px.size)
-    return fd.to_native(out)
+    out = gather_blocks(fd.as_5d(y), plan, ctx.group, everywhere=output == "all")
+    return None if out is None else fd.to_native(out)

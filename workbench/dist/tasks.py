@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -11,7 +12,7 @@ def decode_task(ctx, job, mode: str, params: dict):
     """Decode on every rank of the decode group; rank 0 returns the Result, the others their shard (if any)."""
     from ..compare import run_local
 
-    job = type(job)(**{**job.__dict__, "device": str(ctx.device)})
+    job = dataclasses.replace(job, device=str(ctx.device))
     result = run_local(job, mode, params, group=ctx.groups.decode, device=ctx.device)
     if ctx.rank == 0:
         return result
@@ -22,7 +23,7 @@ def rank_outputs_task(ctx, job, mode: str, params: dict):
     """Every rank's output (None where a strategy leaves a rank without one)."""
     from ..compare import run_local
 
-    job = type(job)(**{**job.__dict__, "device": str(ctx.device)})
+    job = dataclasses.replace(job, device=str(ctx.device))
     return run_local(job, mode, params, group=ctx.groups.decode, device=ctx.device, gather_stats=False).output
 
 
