@@ -162,7 +162,7 @@ def max_error_in_eps(actual, expected) -> float:
 
 
 def bench_kernels(args, device, dtype, impl, copy_gbps: float) -> list[dict]:
-    from kernels import modulation_ref
+    from workbench.kernels import modulation_ref
 
     references = SimpleNamespace(**{op: getattr(modulation_ref, f"{op}_reference") for op in VARIANTS.values()})
     rows = []
@@ -323,7 +323,7 @@ def main(argv=None) -> dict:
     dtype = getattr(torch, args.dtype)
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"  # CPU: set before triton was first imported
     if importlib.util.find_spec("triton") is not None and (device.type == "cuda" or interpreted):
-        from kernels import modulation as impl
+        from workbench.kernels import modulation as impl
 
         fused_impl = "triton" if device.type == "cuda" else "triton-interpreter"
     else:

@@ -44,10 +44,10 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from workbench.dist import init_spmd  # noqa: E402
 from workbench.measure import versions  # noqa: E402
 from workbench.pipeline.components import build_transformer, get_spec, image_tokens  # noqa: E402
 from workbench.pipeline.pipelines import configure_transformer, pack  # noqa: E402
+from workbench.runtime import init_spmd  # noqa: E402
 
 SIZES = {"qwen-image": (1024, 1024, 1), "wan2.1": (480, 832, 81)}
 SMOKE_SIZES = {"qwen-image": (128, 128, 1), "wan2.1": (64, 64, 5)}

@@ -11,10 +11,12 @@ import time
 import psutil
 import pytest
 import torch
+from helpers import DEVICE, ranks_available, run_local
+from rank_tasks import all_reduce_task, fail_task, hang_task, pid_task
 
-from workbench.compare import DecodeJob, run_local
-from workbench.dist import Cluster, ClusterError, ParallelDims, RankError
-from workbench.dist.tasks import all_reduce_task, fail_task, hang_task, pid_task
+from workbench.parallel.dims import ParallelDims
+from workbench.runner import Cluster, DecodeJob
+from workbench.runtime import ClusterError, RankError
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +39,25 @@ def test_pool_is_reused_across_calls(clusters):
     second = cluster.decode(job, "shard")
     assert cluster.pids == pids and [p for _, p, _ in cluster.run(pid_task)] == pids
     assert torch.equal(first.output, second.output)
-    assert not torch.cuda.is_initialized(), "the parent never initialises CUDA"
+
+
+def test_the_notebook_process_never_initialises_cuda():
+    """A fresh process (a notebook kernel) compares serial and parallel modes through a pool on the test
+    device: every decode runs in the workers, every output arrives on the CPU, and the process itself never
+    initialises CUDA. On a CUDA machine (WORKBENCH_TEST_DEVICE=cuda) this is the claim of the README."""
+    world = 2 if ranks_available(2) else 1
+    code = textwrap.dedent(f"""
+        import torch
+        from workbench.runner import Cluster, DecodeJob
+        with Cluster(world_size={world}, device={DEVICE!r}) as cluster:
+            comparison = cluster.compare(DecodeJob(model="qwen-image", size=(64, 64, 1)), ["tiled", "shard"])
+        assert {{r.output.device.type for r in comparison.results.values()}} == {{"cpu"}}
+        assert {{r.device.split(":")[0] for r in comparison.results.values()}} == {{{DEVICE.split(":")[0]!r}}}
+        print("shard PSNR", comparison.quality["shard"].psnr_db, "cuda initialised:", torch.cuda.is_initialized())
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cuda initialised: False" in proc.stdout, proc.stdout
 
 
 def test_a_failing_rank_is_raised_with_its_traceback(clusters):
@@ -94,7 +114,7 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent("""
         import os, sys, time
-        from workbench.dist import Cluster
+        from workbench.runner import Cluster
         if __name__ == "__main__":
             cluster = Cluster(world_size=2).start()
             print(" ".join(map(str, cluster.pids)), flush=True)

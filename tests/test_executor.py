@@ -11,10 +11,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from workbench.dist import Cluster, ParallelDims
+from workbench.parallel.dims import ParallelDims, use_dims
 from workbench.pipeline.cfg import combine, guided
-from workbench.pipeline.executor import Executor, StageContext, local_context
+from workbench.pipeline.executor import Executor, StageContext
 from workbench.pipeline.stages import Batch, Parallelism, Request, Stage, StageError
+from workbench.runner import Cluster
+from workbench.runtime import local_context
 
 P = Parallelism
 
@@ -84,8 +86,8 @@ def failure_task(ctx, stage_fn, parallelism: str):
 
 def cfg_task(ctx, scale: float, renorm: bool):
     """CFG-parallel guidance with cfg=2 against the serial formula."""
-    ctx.set_dims(ParallelDims(ctx.world_size, cfg=2))
-    sctx = StageContext(ctx.rank, ctx.world_size, ctx.device, ctx.backend, ctx.groups)
+    use_dims(ctx, ParallelDims(ctx.world_size, cfg=2))
+    sctx = StageContext(ctx.rank, ctx.world_size, ctx.device, ctx.backend, ctx.groups, ctx)
     preds = {"cond": torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(1)),
              "uncond": torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(2))}
     calls = []
@@ -95,7 +97,7 @@ def cfg_task(ctx, scale: float, renorm: bool):
         return preds[branch]
 
     out = guided(predict, scale=scale, ctx=sctx, renorm=renorm)
-    ctx.set_dims(ParallelDims(ctx.world_size))
+    use_dims(ctx, ParallelDims(ctx.world_size))
     return out, calls, combine(preds["cond"], preds["uncond"], scale, renorm=renorm)
 
 

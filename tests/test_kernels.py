@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import modulation_ref as ref
+from workbench.kernels import modulation_ref as ref
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-6  # Qwen-Image's LayerNorm eps
@@ -226,7 +226,7 @@ TRITON_CASES = (make_cases([(1, 1, 3072), (1, 77, 3000), (1, 77, 64), (2, 7, 307
 
 def run_triton_cases(cases, device: str) -> dict:
     """case id -> outputs of the Triton launcher (on CPU), or the error it raised as a string."""
-    from kernels import modulation
+    from workbench.kernels import modulation
 
     results = {}
     for case in cases:
@@ -276,7 +276,7 @@ def test_triton_matches_reference(case, triton_outputs):
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available(),
                     reason="checks the error for CPU tensors without the interpreter")
 def test_triton_on_cpu_without_interpreter_says_how():
-    modulation = pytest.importorskip("kernels.modulation")
+    modulation = pytest.importorskip("workbench.kernels.modulation")
     args = make_args(Case("layernorm_scale_shift", (1, 2, 64), "fp32"))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         modulation.layernorm_scale_shift(**args)
@@ -296,7 +296,7 @@ def test_triton_kernel_compiles_for_hopper_with_16_byte_accesses(residual, index
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels import modulation
+    from workbench.kernels import modulation
 
     kernel = modulation._layernorm_modulate_kernel
     signature, constexprs, attrs = {}, {}, {}

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from workbench.decode.plan import plan_shards, plan_tiles
 from workbench.metrics import boundary_distance, compare, error_map, psnr, seam_profile
+from workbench.parallel.vae.plan import plan_shards, plan_tiles
 
 
 def test_identical_outputs_are_exact():

@@ -89,14 +89,14 @@ def test_seeded_weights_are_reproducible_and_bf16_is_the_rounded_fp32_model():
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_real_configs_pass_the_folder_check_and_altered_ones_do_not(name):
-    from workbench.models.build import check_local_config, vae_config
+    from workbench.models.loader import check_vae_config, vae_config
 
     preset = get_preset(name)
     real = {"_class_name": preset.vae_class, **vae_config(preset, tiny=False)}
-    check_local_config(preset, json.loads(json.dumps(real)), "config.json")  # lists, as a saved config has them
+    check_vae_config(preset, json.loads(json.dumps(real)), "config.json")  # lists, as a saved config has them
     key = {"AutoencoderKL": "layers_per_block"}.get(preset.vae_class, "num_res_blocks")
     with pytest.raises(ModelError, match=f"{key}=7"):
-        check_local_config(preset, {**real, key: 7}, "config.json")
+        check_vae_config(preset, {**real, key: 7}, "config.json")
 
 
 def test_local_weights_round_trip_and_errors(tmp_path):

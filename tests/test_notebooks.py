@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import DEVICE, ranks_available
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -36,16 +37,20 @@ def images(outputs):
 
 
 def test_decode_explorer_runs_headless(tmp_path):
+    if not ranks_available(2):
+        pytest.skip("2 ranks need 2 GPUs")
     outputs = run("01_decode_explorer.ipynb", tmp_path, model="wan2.1", size="64x64x5", modes="full,tiled,shard",
-                  sp=2, tile_px=32, stride_px=24, device="cpu")
+                  sp=2, tile_px=32, stride_px=24, device=DEVICE)
     tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     assert any("wan2.1 (tiny) 64x64x5" in t and "shard" in t for t in tables)
     assert images(outputs) >= 5  # three strategies' pictures and seam maps, time and memory plots
 
 
 def test_strategies_notebook_runs_headless(tmp_path):
+    if not ranks_available(2):
+        pytest.skip("2 ranks need 2 GPUs")
     outputs = run("02_strategies.ipynb", tmp_path, model="glm-image", size="64x96", world_size=2, tile_px=32,
-                  stride_px=24)
+                  stride_px=24, device=DEVICE)
     table = next(o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {}))
     for mode in ["full", "tiled", "parallel_tiled", "patch", "shard", "auto->"]:
         assert mode in table

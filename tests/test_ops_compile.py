@@ -16,8 +16,8 @@ import torch
 from diffusers import QwenImageTransformer2DModel
 from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformerBlock
 
-from kernels import modulation_ref as ref
 from workbench import ops
+from workbench.kernels import modulation_ref as ref
 from workbench.ops.qwen import FusedQwenImageTransformerBlock, fuse_modulation, unfuse_modulation
 
 FUSED_OPS_PER_BLOCK = 4  # image and text: norm1 + modulate, gated residual + norm2 + modulate

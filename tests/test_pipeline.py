@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from workbench.cli import main
-from workbench.dist import Cluster
-from workbench.pipeline import Parallelism, generate, generate_task, make_job
+from workbench.pipeline import Parallelism, generate, make_job
+from workbench.runner import Cluster, generate_task
 
 PIPES = ["qwen-image", "qwen-image-edit", "wan2.1", "wan2.2", "glm-image"]
 PIPE_TOL = 1e-4

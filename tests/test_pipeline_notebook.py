@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import DEVICE, ranks_available
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_pipeline.ipynb"
@@ -14,12 +15,14 @@ NOTEBOOK = ROOT / "notebooks" / "03_pipeline.ipynb"
 @pytest.mark.slow
 def test_notebook_runs_under_papermill(tmp_path, monkeypatch):
     papermill = pytest.importorskip("papermill")
+    if not ranks_available(2):
+        pytest.skip("2 ranks need 2 GPUs")
     import nbformat
 
     # the kernel (and the ranks it spawns) import this checkout's workbench
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as CI sets it: the notebook must still show its figures inline
-    params = dict(pipeline="glm-image", world_size=2, steps=2, tiny=True, device="cpu")
+    params = dict(pipeline="glm-image", world_size=2, steps=2, tiny=True, device=DEVICE)
     out = tmp_path / "03_pipeline.out.ipynb"
     papermill.execute_notebook(str(NOTEBOOK), str(out), parameters=params, kernel_name="python3",
                                cwd=str(tmp_path), progress_bar=False)

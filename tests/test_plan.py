@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from workbench.decode.plan import (
+from workbench.parallel.vae.plan import (
     PlanError,
     Span,
     axis_tiles,

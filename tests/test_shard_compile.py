@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch._dynamo
 
-from workbench.compare import DecodeJob, load_model
-from workbench.decode.frames import FrameDecoder
-from workbench.decode.plan import plan_shards
-from workbench.decode.shard import ShardComm, sharded
+from workbench.parallel.comm import Comm
+from workbench.parallel.vae.frames import FrameDecoder
+from workbench.parallel.vae.plan import plan_shards
+from workbench.parallel.vae.shard import ShardComm, sharded
+from workbench.runner import DecodeJob, load_model
 
 
 @pytest.mark.parametrize("model", ["glm-image", "qwen-image"])
@@ -21,7 +22,7 @@ def test_sharded_decoder_has_no_graph_breaks(model):
     vae = load_model(job)
     fd = FrameDecoder(vae)
     x = fd.prepare(fd.as_5d(job.latents()))
-    comm = ShardComm(plan_shards(x.shape[2:], scale=fd.spatial_ratio, world_size=1), 0, None)
+    comm = ShardComm(plan_shards(x.shape[2:], scale=fd.spatial_ratio, world_size=1), Comm.alone())
 
     def step(x):
         if fd.causal:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.dist import Cluster, ParallelDims
-from workbench.pipeline.components import build_transformer, get_spec
-from workbench.pipeline.sp import SeqShard, attention_lse, merge_lse, parallelize_dit, unparallelize_dit
+from workbench.models import get_spec
+from workbench.parallel.dims import ParallelDims, use_dims
+from workbench.parallel.dit import SeqShard, attention_lse, merge_lse, parallelize_dit, unparallelize_dit
+from workbench.pipeline.components import build_transformer
+from workbench.runner import Cluster
 
 SP_TOL = 1e-5
 
@@ -44,7 +46,7 @@ def _inputs(name: str):
 
 def sp_task(ctx, name: str, sp: int, attention: str, native_a2a: bool = True):
     """(max |parallel - reference|, max |reference|) for one model on this rank."""
-    ctx.set_dims(ParallelDims(ctx.world_size, sp=sp, cfg=ctx.world_size // sp))
+    use_dims(ctx, ParallelDims(ctx.world_size, sp=sp, cfg=ctx.world_size // sp))
     model = build_transformer(get_spec(name), tiny=True)
     inputs = _inputs(name)
     with torch.inference_mode():
@@ -55,7 +57,7 @@ def sp_task(ctx, name: str, sp: int, attention: str, native_a2a: bool = True):
         again = model(**inputs)[0]  # hooks leave no state behind between calls
         unparallelize_dit(model)
         restored = model(**inputs)[0]
-    ctx.set_dims(ParallelDims(ctx.world_size))
+    use_dims(ctx, ParallelDims(ctx.world_size))
     return ((out - reference).abs().max().item(), reference.abs().max().item(), torch.equal(out, again),
             torch.equal(restored, reference), out)
 

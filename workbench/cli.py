@@ -1,27 +1,31 @@
-"""Command line: `python -m workbench decode ...` and `python -m workbench generate ...` (workbench.pipeline.cli).
+"""Command line: `python -m workbench decode|generate|bench ...`, thin clients of `workbench.runner`.
 
     python -m workbench decode --model qwen-image --tiny --size 512x512 --mode full,tiled --out runs/x
+    python -m workbench decode --model wan2.1 --tiny --size 128x128x9 --mode all --world 2     # a worker pool
     torchrun --nproc-per-node 4 -m workbench decode --model wan2.1 --size 480x832x81 --mode shard
+    python -m workbench generate --pipeline qwen-image --tiny --steps 2 --out runs/gen
+    torchrun --nproc-per-node 4 -m workbench bench --configs qwen-image:2048x2048 --modes shard --out x.json
 
-It prints a table (time, peak memory, errors against the full decode) and writes PNGs and JSON.
-Under torchrun every rank decodes and rank 0 writes.
+decode prints a table (time, peak memory, the cost model's estimate, errors against the full decode) and
+writes PNGs and JSON; bench times repeated runs and writes one JSON record; generate runs a whole
+pipeline. Under torchrun every rank runs and rank 0 prints and writes.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import sys
 
 __all__ = ["main", "build_parser"]
 
+PRESET_NAMES = ("wan2.1", "wan2.2-a14b", "wan2.2-ti2v-5b", "qwen-image", "qwen-image-edit", "glm-image")
+MODES = ("full", "tiled", "parallel_tiled", "patch", "shard", "auto")
+PIPELINES = ("qwen-image", "qwen-image-edit", "wan2.1", "wan2.2", "glm-image")
+
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
-    from .models import PRESETS
-
     p.add_argument("--model", default="qwen-image", metavar="NAME",
-                   help=f"preset: {', '.join(PRESETS)} (default: qwen-image)")
+                   help=f"preset: {', '.join(PRESET_NAMES)} (default: qwen-image)")
     p.add_argument("--size", default=None, help="HxW or HxWxF in pixels (default: 512x512, or 128x128x9 for video)")
     p.add_argument("--tiny", action="store_true", help="the preset's tiny config (CPU friendly)")
     p.add_argument("--weights", default=None, metavar="PATH", help="local diffusers folder with real weights")
@@ -31,34 +35,68 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1)
 
 
-def _add_decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", default="full,tiled",
-                   help="comma-separated strategies, or 'all': full, tiled, parallel_tiled, patch, shard, auto")
-    p.add_argument("--tile", type=int, default=256, dest="tile_px", help="tile size in pixels")
-    p.add_argument("--stride", type=int, default=192, dest="stride_px", help="tile stride in pixels")
+def _add_strategy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=int, default=None, dest="tile_px", help="tile size in pixels (default 256)")
+    p.add_argument("--stride", type=int, default=None, dest="stride_px", help="tile stride in pixels (default 192)")
     p.add_argument("--tile-frames", type=int, default=None, help="latent frames per temporal window (video)")
     p.add_argument("--halo", type=int, default=None, dest="halo_latent", help="patch halo in latent rows")
     p.add_argument("--grid", default=None, help="RxC grid for patch and shard (default: as square as possible)")
     p.add_argument("--merge", default=None, help="parallel_tiled merge: allgather, rank0, rank0-only")
     p.add_argument("--gather", default=None, dest="output", help="shard output: rank0, all, sharded")
     p.add_argument("--budget-gib", type=float, default=None, help="auto: memory budget per device (GiB)")
-    p.add_argument("--world", type=int, default=None,
-                   help="spawn this many local worker processes for the parallel modes (not under torchrun)")
-    p.add_argument("--out", default=None, help="folder for PNGs and JSON")
-    p.add_argument("--no-progress", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="Parallel VAE decode workbench")
     sub = parser.add_subparsers(dest="command", required=True)
+
     d = sub.add_parser("decode", help="decode one latent with several strategies and compare them")
     _add_job_args(d)
-    _add_decode_args(d)
-    from . import bench
-    from .pipeline.cli import add_parser as add_generate_parser
+    d.add_argument("--mode", default="full,tiled", help=f"comma-separated strategies, or 'all': {', '.join(MODES)}")
+    _add_strategy_args(d)
+    d.add_argument("--world", type=int, default=None,
+                   help="spawn this many local worker processes (not under torchrun)")
+    d.add_argument("--out", default=None, help="folder for PNGs and JSON")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(handler=cmd_decode)
 
-    bench.add_parser(sub)
-    add_generate_parser(sub)
+    b = sub.add_parser("bench", help="time and measure decode strategies (torchrun for several ranks)")
+    b.add_argument("--configs", required=True,
+                   help="comma-separated MODEL:HxW[xF], e.g. qwen-image:2048x2048,wan2.1:480x832x81")
+    b.add_argument("--modes", default="full,tiled", help="comma-separated strategies")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--dtype", default="bfloat16")
+    b.add_argument("--tiny", action="store_true", help="tiny configs (a CPU smoke run)")
+    b.add_argument("--device", default=None, help="cuda, npu or cpu (default: the platform)")
+    _add_strategy_args(b)
+    b.add_argument("--no-reference", action="store_true", help="skip the full-decode reference and the errors")
+    b.add_argument("--out", required=True, help="JSON file (rank 0 writes it)")
+    b.set_defaults(handler=cmd_bench)
+
+    g = sub.add_parser("generate", help="run a whole generation (text encode, denoise, decode) across ranks")
+    g.add_argument("--pipeline", default="qwen-image", help=f"{', '.join(PIPELINES)} (default: qwen-image)")
+    g.add_argument("--prompt", default=None)
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--size", default=None, help="HxW or HxWxF in pixels (default: the pipeline's, or its tiny size)")
+    g.add_argument("--steps", type=int, default=4)
+    g.add_argument("--guidance", type=float, default=None, dest="guidance_scale", help="default: the pipeline's")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--image", default=None, help="qwen-image-edit: the reference image (default: a synthetic one)")
+    g.add_argument("--tiny", action="store_true", help="tiny configs (CPU friendly); default: the real architectures")
+    g.add_argument("--weights", default=None, metavar="PATH", help="local diffusers pipeline folder")
+    g.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    g.add_argument("--device", default=None, help="cpu, cuda or npu (default: the platform's)")
+    g.add_argument("--sp", type=int, default=0, help="sequence-parallel degree (default: world size / cfg)")
+    g.add_argument("--cfg", type=int, default=1, choices=(1, 2), help="2: CFG parallel")
+    g.add_argument("--attention", default="ulysses", help="sequence-parallel attention: ulysses or ring")
+    g.add_argument("--decode", default="auto", choices=MODES, help="decode strategy (default: auto)")
+    g.add_argument("--fused", action="store_true", help="workbench.ops fused modulation where available")
+    g.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    g.add_argument("--world", type=int, default=None, help="spawn this many local ranks (not under torchrun)")
+    g.add_argument("--out", default=None, help="folder for the image/frames, plots and JSON")
+    g.add_argument("--no-progress", action="store_true")
+    g.set_defaults(handler=cmd_generate)
     return parser
 
 
@@ -67,69 +105,50 @@ class CliError(Exception):
 
 
 def _job(args):
-    from .compare import DecodeJob
-    from .dist.platform import default_device
-    from .models import get_preset, parse_dtype, parse_size
+    from .models import get_preset, parse_size
+    from .runner import DecodeJob
 
     try:
         preset = get_preset(args.model)
     except KeyError as e:
         raise CliError(e.args[0]) from None
-    parse_dtype(args.dtype)
-    size = parse_size(args.size) if args.size else (
-        (128, 128, 9) if preset.is_video and args.tiny else
-        ((512, 512, 1) if not preset.is_video else (480, 832, 81)))
-    device = args.device or default_device()
+    default = (128, 128, 9) if preset.is_video and args.tiny else (
+        (512, 512, 1) if not preset.is_video else (480, 832, 81))
+    size = parse_size(args.size) if args.size else default
     return DecodeJob(model=preset.name, size=size, tiny=args.tiny, weights=args.weights, dtype=args.dtype,
-                     device=device, seed=args.seed, batch=args.batch)
+                     device=args.device or "cpu", seed=args.seed, batch=args.batch)
 
 
 def _modes(text: str) -> list[str]:
-    from .decode import STRATEGIES
-
-    modes = list(STRATEGIES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in STRATEGIES]
+    modes = list(MODES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise CliError(f"unknown mode {', '.join(bad) or repr(text)}; accepted: {', '.join(STRATEGIES)} or all")
+        raise CliError(f"unknown mode {', '.join(bad) or repr(text)}; accepted: {', '.join(MODES)} or all")
     return modes
 
 
-def _decode_params(args) -> dict:
+def _strategy_params(args) -> dict:
     params = {"tile_px": args.tile_px, "stride_px": args.stride_px, "tile_frames": args.tile_frames,
-              "halo_latent": args.halo_latent, "merge": args.merge, "output": args.output}
+              "halo_latent": args.halo_latent, "merge": args.merge, "output": args.output,
+              "memory_budget_gib": args.budget_gib}
     if args.grid:
         try:
             params["grid"] = tuple(int(v) for v in args.grid.lower().split("x"))
         except ValueError:
             raise CliError(f"--grid must be RxC (e.g. 2x2), got {args.grid!r}") from None
-    if args.budget_gib is not None:
-        params["memory_budget_gib"] = args.budget_gib
     return {k: v for k, v in params.items() if v is not None}
 
 
 def cmd_decode(args) -> int:
-    from .compare import compare
-    from .decode import PARALLEL
+    from .runner import make_runner, under_torchrun
 
     job = _job(args)
     modes = _modes(args.mode)
-    params = _decode_params(args)
-    progress = not args.no_progress
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        return _decode_spmd(job, modes, params, args)
-    world = args.world or 1
-    if world > 1:
-        from .dist import Cluster
-
-        with Cluster(world_size=world, device=job.device.split(":")[0]) as cluster:
-            def runner(job, mode, params):
-                if mode in PARALLEL or mode == "auto":
-                    return cluster.decode(job, mode, **params)
-                from .compare import run_local
-                return run_local(job, mode, params, progress=progress)
-            comparison = compare(job, modes, runner=runner, progress=progress, **params)
-    else:
-        comparison = compare(job, modes, progress=progress, **params)
+    params = _strategy_params(args)
+    with make_runner(args.world or 1, args.device) as runner:
+        comparison = runner.compare(job, modes, progress=not args.no_progress, **params)
+        if under_torchrun() and not runner.is_main:
+            return 0
     print(comparison.table())
     if args.out:
         paths = comparison.save(args.out)
@@ -137,43 +156,68 @@ def cmd_decode(args) -> int:
     return 0
 
 
-def _decode_spmd(job, modes, params, args) -> int:
-    """One rank of a torchrun launch: every rank decodes, rank 0 compares and writes."""
-    from .compare import Comparison, run_local
-    from .decode import SERIAL
-    from .dist import init_spmd
+def cmd_bench(args) -> int:
+    from .models import get_preset, parse_size
+    from .report import bench_rows, bench_table, write_bench
+    from .runner import DecodeJob, clear_model_cache, make_runner
 
-    ctx = init_spmd(job.device)
-    job = dataclasses.replace(job, device=str(ctx.device))
-    comparison = Comparison(job)
-    if "full" not in modes:
-        modes = ["full", *modes]
-    for mode in modes:
-        if mode in SERIAL:
-            result = run_local(job, mode, params) if ctx.rank == 0 else None
-        else:
-            result = run_local(job, mode, params, group=ctx.group)
-        if ctx.rank == 0:
-            comparison.results[mode] = result
-        ctx.barrier()
-    if ctx.rank == 0:
-        comparison.measure_quality()
-        print(comparison.table())
-        if args.out:
-            comparison.save(args.out)
-    ctx.close()
+    configs = []
+    for item in args.configs.split(","):
+        if ":" not in item:
+            raise CliError(f"--configs items must be MODEL:HxW[xF], got {item!r}")
+        name, size = item.split(":", 1)
+        configs.append((get_preset(name.strip()).name, parse_size(size.strip())))
+    modes = _modes(args.modes)
+    params = _strategy_params(args)
+    rows = []
+    with make_runner(1, args.device) as runner:
+        world = runner.world_size
+        main = getattr(runner, "is_main", True)
+        command = (f"torchrun --nproc-per-node {world} -m workbench " if world > 1 else "python -m workbench ") + \
+            " ".join(sys.argv[1:])
+        for model, size in configs:
+            job = DecodeJob(model=model, size=size, tiny=args.tiny, dtype=args.dtype)
+            comparison = runner.compare(job, modes, reference=not args.no_reference, repeats=args.repeats,
+                                        warmup=args.warmup, **params)
+            clear_model_cache()
+            if main:
+                rows += bench_rows(comparison)
+                write_bench(args.out, rows, command=command, device=runner.device, world_size=world)
+                print(bench_table(bench_rows(comparison)).split("\n", 2)[-1], flush=True)
+        if main:
+            print(bench_table(rows))
+            print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .pipeline.run import make_job
+    from .runner import make_runner, under_torchrun
+
+    names = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "image", "weights", "dtype", "device",
+             "sp", "cfg", "attention", "decode", "fused", "compile")
+    kwargs = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    kwargs.update(size=args.size, tiny=args.tiny, progress=not args.no_progress)
+    make_job(args.pipeline, **kwargs)  # bad input fails here, before any process starts
+    with make_runner(args.world or 1, args.device) as runner:
+        result = runner.generate(args.pipeline, **kwargs)
+        if under_torchrun() and not runner.is_main:
+            return 0
+    print(result.table())
+    for note in result.notes:
+        print(f"note: {note}")
+    if args.out:
+        paths = result.save(args.out)
+        print(f"wrote {len(paths)} files to {args.out}")
     return 0
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from .decode.plan import PlanError
+    args = build_parser().parse_args(argv)
     from .models import ModelError
+    from .parallel.vae.plan import PlanError
 
     try:
-        if args.command == "decode":
-            return cmd_decode(args)
         return args.handler(args)
     except (CliError, ModelError, PlanError, ValueError, KeyError) as e:
         message = e.args[0] if e.args else str(e)

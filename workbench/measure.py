@@ -195,10 +195,11 @@ class Result(RankSummary):
     params: dict = field(default_factory=dict)
     choice: str | None = None  # auto: the strategy it ran
     reason: str | None = None  # auto: why
+    times_s: list[float] = field(default_factory=list)  # every timed run of a repeated measurement
     versions: dict = field(default_factory=versions)
 
     def to_dict(self) -> dict:
-        from .decode.plan import describe
+        from .parallel.vae.plan import describe
 
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("output", "plan", "ranks")}
         d["ranks"] = [asdict(r) for r in self.ranks]

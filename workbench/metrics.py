@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .decode.plan import Patch, Shard, Tile
+from .parallel.vae.plan import Patch, Shard, Tile
 
 __all__ = ["Quality", "compare", "error_map", "psnr", "boundary_distance", "seam_profile"]
 

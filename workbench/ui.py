@@ -4,19 +4,21 @@
     explorer            # the panel: model, mode, resolution, tile and stride, SP degree, Run
     explorer.run()      # what the Run button does; figures appear below the cell
 
-A decode is slow, so nothing runs until Run is pressed (or `run()` is called). Worker pools are
-kept per (SP degree, device) and reused across runs; `close()` stops them.
+A decode is slow, so nothing runs until Run is pressed (or `run()` is called). Runners (a worker pool
+for SP > 1, this process otherwise) are kept per (SP degree, device) and reused across runs; `close()`
+stops them. Figures are `matplotlib.figure.Figure` objects shown as PNG: pyplot is never used.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .compare import Comparison, DecodeJob, compare, run_local
-from .decode import PARALLEL, STRATEGIES
 from .models import PRESETS, get_preset, parse_size
+from .parallel.vae import STRATEGIES
+from .report import Comparison
+from .runner import DecodeJob, make_runner
 
-__all__ = ["DecodeExplorer", "show_comparison", "show_strategies"]
+__all__ = ["DecodeExplorer", "show", "show_comparison", "show_strategies"]
 
 
 def _display(*objs):
@@ -25,16 +27,14 @@ def _display(*objs):
     display(*objs)
 
 
-def _show(fig) -> None:
-    """Display a figure as PNG whatever the matplotlib backend (Agg in CI shows no figure by itself)."""
+def show(fig) -> None:
+    """Display a Figure as PNG whatever the matplotlib backend (Agg in CI shows no figure by itself)."""
     import io
 
-    import matplotlib.pyplot as plt
     from IPython.display import Image
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     _display(Image(data=buffer.getvalue()))
 
 
@@ -49,7 +49,7 @@ def show_comparison(comparison: Comparison, frame: int = 0) -> None:
     for mode, result in comparison.results.items():
         if result.output is None:
             continue
-        _show(viz.plot_strategy(result, reference=ref if mode != "full" else None, frame=frame))
+        show(viz.plot_strategy(result, reference=ref if mode != "full" else None, frame=frame))
 
 
 def show_strategies(comparison: Comparison) -> None:
@@ -69,22 +69,20 @@ def show_strategies(comparison: Comparison) -> None:
         if result.world_size > 1:
             figs.append(viz.plot_memory_timeline(result))
     for fig in figs:
-        _show(fig)
+        show(fig)
 
 
 @dataclass
 class _Pools:
-    """Worker pools by (world size, device), started on first use and kept."""
+    """Runners by (world size, device), made on first use and kept (a Cluster for world > 1)."""
 
     pools: dict = field(default_factory=dict)
 
     def get(self, world: int, device: str):
-        from .dist import Cluster
-
         key = (world, device)
         if key not in self.pools:
-            self.pools[key] = Cluster(world_size=world, device=device)
-        return self.pools[key].start()
+            self.pools[key] = make_runner(world, device)
+        return self.pools[key]
 
     def close(self):
         for pool in self.pools.values():
@@ -100,7 +98,7 @@ class DecodeExplorer:
                  halo_latent: int = 1, dtype: str = "float32", device: str | None = None, seed: int = 0):
         import ipywidgets as w
 
-        from .dist.platform import default_device
+        from .runtime import available_platforms
 
         get_preset(model)
         modes = modes.split(",") if isinstance(modes, str) else list(modes)
@@ -120,8 +118,8 @@ class DecodeExplorer:
         self.halo = w.IntSlider(value=halo_latent, min=0, max=8, description="patch halo", style=style)
         self.dtype = w.Dropdown(options=["float32", "bfloat16", "float16"], value=dtype, description="dtype",
                                 style=style)
-        self.device = w.Dropdown(options=["cpu", "cuda", "npu"], value=device or default_device(),
-                                 description="device", style=style)
+        devices = available_platforms()  # only what this machine has, accelerator first
+        self.device = w.Dropdown(options=devices, value=device or devices[0], description="device", style=style)
         self.button = w.Button(description="Run", button_style="primary", icon="play")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="idle", style=style)
         self.output = w.Output()
@@ -150,30 +148,26 @@ class DecodeExplorer:
             return self._run()
 
     def _on_click(self, _button) -> None:
-        """The Run button: errors are shown in the panel, not raised into the widget machinery."""
+        """The Run button: disabled while it runs; errors are shown in the panel, not raised into the widgets."""
+        self.button.disabled = True
         try:
             self.run(into=self.output)
         except Exception as e:  # shown to the user, who fixes the input and runs again
             self.progress.bar_style, self.progress.description = "danger", "failed"
             with self.output:
                 print(f"{type(e).__name__}: {e}")
+        finally:
+            self.button.disabled = False
 
     def _run(self) -> Comparison:
         modes = list(self.modes.value) or ["full"]
         job = self.job()
         world = self.sp.value
-        self.progress.max, self.progress.value, self.progress.bar_style = len(set(modes) | {"full"}), 0, "info"
-
-        def runner(job, mode, params):
-            self.progress.description = mode
-            if world > 1 and (mode in PARALLEL or mode == "auto"):
-                result = self._pools.get(world, job.device).decode(job, mode, **params)
-            else:
-                result = run_local(job, mode, params)
-            self.progress.value += 1
-            return result
-
-        self.comparison = compare(job, modes, runner=runner, progress=False, **self.params())
+        self.progress.max, self.progress.value, self.progress.bar_style = 1, 0, "info"
+        self.progress.description = f"{world} rank{'s' if world > 1 else ''}"
+        runner = self._pools.get(world, self.device.value)
+        self.comparison = runner.compare(job, modes, **self.params())
+        self.progress.value = 1
         self.progress.bar_style, self.progress.description = "success", "done"
         show_comparison(self.comparison)
         show_strategies(self.comparison)

@@ -1,7 +1,8 @@
 """Pictures: decoded images, plan overlays (who decodes which pixels), seam heat maps, memory timelines.
 
-Every function draws on a matplotlib Axes it is given (or a new figure) and returns the figure, so
-notebooks show them inline and the CLI saves them as PNG.
+Every function draws on a matplotlib Axes it is given (or a new `matplotlib.figure.Figure`) and returns
+the figure, so notebooks show them inline and the CLI saves them as PNG. pyplot is never used: its global
+state breaks figures drawn inside widget callbacks, and Figure objects are freed like any other object.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ __all__ = ["to_image", "save_png", "plot_plan", "plot_error_map", "plot_seam_pro
            "plot_strategy", "rank_colours"]
 
 
-def _plt():
-    import matplotlib.pyplot as plt  # headless machines fall back to Agg on their own
+def new_figure(figsize=(6, 6)):
+    from matplotlib.figure import Figure
 
-    return plt
+    return Figure(figsize=figsize)
 
 
 def to_image(x: torch.Tensor, frame: int = 0, batch: int = 0) -> np.ndarray:
@@ -34,16 +35,16 @@ def save_png(x: torch.Tensor, path, frame: int = 0) -> None:
 
 
 def rank_colours(n: int):
-    plt = _plt()
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
 def _axes(ax, figsize=(6, 6)):
-    plt = _plt()
     if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
-        return fig, ax
+        fig = new_figure(figsize)
+        return fig, fig.subplots()
     return ax.figure, ax
 
 
@@ -55,7 +56,7 @@ def plot_plan(plan, image: torch.Tensor | np.ndarray | None = None, ax=None, tit
     """
     from matplotlib.patches import Rectangle
 
-    from .decode.plan import Patch, Shard, Tile
+    from .parallel.vae.plan import Patch, Shard, Tile
 
     fig, ax = _axes(ax)
     height, width = plan.pixel_size
@@ -172,9 +173,9 @@ def plot_strategy(result, reference=None, frame: int = 0):
     """Image with its plan, and (given a reference) the seam heat map beside it."""
     from .metrics import error_map
 
-    plt = _plt()
     cols = 2 if reference is not None else 1
-    fig, axes = plt.subplots(1, cols, figsize=(6 * cols, 5.5), squeeze=False)
+    fig = new_figure((6 * cols, 5.5))
+    axes = fig.subplots(1, cols, squeeze=False)
     title = result.strategy + (f" -> {result.choice}" if result.choice else "")
     if result.plan is not None:
         plot_plan(result.plan, to_image(result.output, frame), ax=axes[0, 0], title=title)

@@ -7,7 +7,7 @@ channels, so every decode strategy runs the same code paths on a laptop CPU as o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 # The Wan2.1 VAE latents statistics (also the diffusers defaults of AutoencoderKLWan and AutoencoderKLQwenImage).
 _WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -54,7 +54,6 @@ class Preset:
     source: str  # where the real config was checked
     pipeline: str = ""  # diffusers pipeline the VAE belongs to
     notes: str = ""
-    aliases: tuple[str, ...] = field(default=())
 
     @property
     def is_video(self) -> bool:
@@ -149,8 +148,7 @@ PRESETS = {name: PRESETS[name] for name in
 
 def get_preset(name: str) -> Preset:
     """The preset called `name`; a KeyError naming the accepted values otherwise."""
-    key = name.lower()
-    for preset in PRESETS.values():
-        if key == preset.name or key in preset.aliases:
-            return preset
+    preset = PRESETS.get(str(name).lower())
+    if preset is not None:
+        return preset
     raise KeyError(f"unknown model {name!r}; accepted: {', '.join(PRESETS)}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 
-from kernels import modulation_ref as ref
+from workbench.kernels import modulation_ref as ref
 
 from .custom_op import CustomOp
 
@@ -46,7 +46,7 @@ class ModulationOp(CustomOp):
         return self.reference(*args)
 
     def forward_cuda(self, *args):
-        return getattr(importlib.import_module("kernels.modulation"), self.name)(*args)
+        return getattr(importlib.import_module("workbench.kernels.modulation"), self.name)(*args)
 
     def forward_npu(self, *args):
         import torch_npu  # only reached with npu tensors, so torch_npu is already loaded

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .sp.comm import all_gather_list
+from ..parallel.comm import all_gather_list
 
 __all__ = ["guided", "combine", "BRANCHES"]
 

@@ -1,12 +1,11 @@
-"""What each pipeline is made of: the diffusers transformer (real and tiny configs), the text encoder,
-the scheduler settings and the VAE preset, and how to build them.
+"""Building a pipeline's components from its spec (`workbench.models.specs`): the diffusers transformer(s),
+the VAE, the text encoder and GLM-Image's AR model.
 
     spec = get_spec("wan2.1")
     transformer = build_transformer(spec, tiny=True, dtype="float32", device="cpu")
 
-Real configs are the published architectures (random weights unless `weights` names a local diffusers
-folder); tiny configs keep every structural feature (joint text/image attention, rotary layout, zero_cond_t,
-two experts) with a few channels so a whole generation runs on a laptop CPU.
+Random weights are seeded (`workbench.models.seeded`) unless `weights` names a local diffusers pipeline
+folder, loaded through the one local loader (`workbench.models.load_local`).
 
 Text encoders: tiny random models of the real architecture (Qwen2.5-VL's language model, UMT5, ByT5-style
 T5) with ByT5's byte-level tokenizer, which needs no vocabulary files. Without weights the real-size
@@ -18,119 +17,26 @@ GLM-Image's autoregressive stage is transformers' GlmImageForConditionalGenerati
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..models import build_vae, get_preset, parse_dtype
+from ..models import (
+    ModelError,
+    build_vae,
+    default_dtype,
+    finish,
+    get_preset,
+    keep_in_fp32,
+    load_local,
+    parse_dtype,
+    seeded,
+)
+from ..models.specs import PipelineSpec
 
-__all__ = ["PipelineSpec", "SPECS", "get_spec", "build_transformer", "build_text_encoder", "build_ar_model",
-           "build_vae_for", "EmbeddingStandIn", "TextEncoder", "scheduler_config"]
-
-_WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                 out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
-_WAN_A14B = dict(_WAN_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)  # = WanTransformer3DModel defaults
-_WAN_TINY = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=16, out_channels=16,
-                 text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
-                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=256)
-_QWEN_TINY = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16,
-                  num_attention_heads=4, joint_attention_dim=32, axes_dims_rope=(4, 6, 6))
-_GLM_TINY = dict(patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16,
-                 num_attention_heads=4, text_embed_dim=32, time_embed_dim=32, condition_dim=16,
-                 prior_vq_quantizer_codebook_size=64)
-
-_QWEN_TEXT_TINY = dict(vocab_size=384, bos_token_id=None, eos_token_id=None, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=1, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                                               "mrope_section": [2, 3, 3]})
-_T5_TINY = dict(vocab_size=384, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2)
-
-# Qwen/Qwen-Image scheduler/scheduler_config.json
-_QWEN_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
-                       base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
-                       time_shift_type="exponential")
-# GLM-Image: GlmImagePipeline's own calculate_shift (mu = sqrt(seq / 256) * 0.75 + 0.25), applied linearly
-_GLM_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.25, max_shift=0.75,
-                      base_image_seq_len=256, time_shift_type="linear")
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """One pipeline's components: diffusers/transformers classes and configs, real and tiny."""
-
-    name: str
-    vae: str  # a workbench.models preset
-    transformer_class: str
-    transformer: dict
-    tiny_transformer: dict
-    text_encoder: str  # "qwen2.5-vl", "umt5" or "t5" (ByT5 glyph encoder)
-    text_dim: int  # width of the text embeddings the transformer takes (real config)
-    text_len: int  # maximum text tokens (Wan pads to it)
-    scheduler: dict
-    default_size: tuple[int, int, int]  # (height, width, frames) in pixels
-    tiny_size: tuple[int, int, int]
-    guidance_scale: float
-    experts: int = 1  # Wan2.2 A14B: a high-noise and a low-noise transformer
-    boundary_ratio: float | None = None  # Wan2.2: the first expert runs while t >= boundary_ratio * 1000
-    source: str = ""
-    notes: str = ""
-    tiny_text: dict = field(default_factory=dict)
-
-    @property
-    def is_video(self) -> bool:
-        return self.default_size[2] > 1
-
-    def transformer_config(self, tiny: bool) -> dict:
-        return dict(self.tiny_transformer if tiny else self.transformer)
-
-
-SPECS: dict[str, PipelineSpec] = {s.name: s for s in [
-    PipelineSpec(
-        name="qwen-image", vae="qwen-image", transformer_class="QwenImageTransformer2DModel",
-        transformer={}, tiny_transformer=_QWEN_TINY, text_encoder="qwen2.5-vl", text_dim=3584, text_len=1024,
-        scheduler=_QWEN_SCHEDULER, default_size=(1024, 1024, 1), tiny_size=(128, 128, 1), guidance_scale=4.0,
-        source="Qwen/Qwen-Image (QwenImageTransformer2DModel defaults: 60 layers, 24 heads x 128, 20B)",
-        tiny_text=_QWEN_TEXT_TINY),
-    PipelineSpec(
-        name="qwen-image-edit", vae="qwen-image-edit", transformer_class="QwenImageTransformer2DModel",
-        transformer=dict(zero_cond_t=True), tiny_transformer=dict(_QWEN_TINY, zero_cond_t=True),
-        text_encoder="qwen2.5-vl", text_dim=3584, text_len=1024, scheduler=_QWEN_SCHEDULER,
-        default_size=(1024, 1024, 1), tiny_size=(128, 128, 1), guidance_scale=4.0,
-        source="Qwen/Qwen-Image-Edit-2511 (zero_cond_t: the reference tokens are modulated at t=0)",
-        notes="The reference image is encoded by the VAE and appended to the image tokens; modulate_index "
-              "selects the t or t=0 modulation per token (the fused select01 op where workbench.ops has it). "
-              "The prompt is encoded as text only (the real pipeline also shows the image to Qwen2.5-VL).",
-        tiny_text=_QWEN_TEXT_TINY),
-    PipelineSpec(
-        name="wan2.1", vae="wan2.1", transformer_class="WanTransformer3DModel", transformer=_WAN_1_3B,
-        tiny_transformer=_WAN_TINY, text_encoder="umt5", text_dim=4096, text_len=512,
-        scheduler=dict(num_train_timesteps=1000, shift=3.0), default_size=(480, 832, 81), tiny_size=(64, 64, 5),
-        guidance_scale=5.0, source="Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json",
-        notes="Flow-matching Euler with shift 3 (480p); the diffusers pipeline defaults to UniPC.", tiny_text=_T5_TINY),
-    PipelineSpec(
-        name="wan2.2", vae="wan2.2-a14b", transformer_class="WanTransformer3DModel", transformer=_WAN_A14B,
-        tiny_transformer=_WAN_TINY, text_encoder="umt5", text_dim=4096, text_len=512,
-        scheduler=dict(num_train_timesteps=1000, shift=5.0), default_size=(720, 1280, 81), tiny_size=(64, 64, 5),
-        guidance_scale=4.0, experts=2, boundary_ratio=0.875,
-        source="Wan-AI/Wan2.2-T2V-A14B-Diffusers: two 14B experts (high noise, low noise), boundary 0.875",
-        notes="One guidance scale for both experts (the real pipeline allows a second one).", tiny_text=_T5_TINY),
-    PipelineSpec(
-        name="glm-image", vae="glm-image", transformer_class="GlmImageTransformer2DModel",
-        transformer=dict(num_layers=30, attention_head_dim=128, num_attention_heads=32),
-        tiny_transformer=_GLM_TINY, text_encoder="t5", text_dim=1472, text_len=2048, scheduler=_GLM_SCHEDULER,
-        default_size=(1024, 1024, 1), tiny_size=(128, 128, 1), guidance_scale=1.5,
-        source="zai-org/GLM-Image transformer/config.json (30 layers, 32 heads x 128, 7B; not the class defaults)",
-        notes="The AR stage samples the target grid's tokens only (the real one first samples a small preview "
-              "grid); the glyph encoder reads the quoted text of the prompt.", tiny_text=_T5_TINY),
-]}
-
-
-def get_spec(name: str) -> PipelineSpec:
-    key = str(name).lower()
-    if key not in SPECS:
-        raise ValueError(f"unknown pipeline {name!r}; accepted: {', '.join(SPECS)}")
-    return SPECS[key]
+__all__ = ["build_transformer", "build_text_encoder", "build_ar_model", "build_vae_for", "EmbeddingStandIn",
+           "TextEncoder", "scheduler_config"]
 
 
 def scheduler_config(spec: PipelineSpec, height: int) -> dict:
@@ -143,23 +49,12 @@ def scheduler_config(spec: PipelineSpec, height: int) -> dict:
 # ------------------------------------------------------------------------------------------- builders
 
 
-def _seeded(seed: int, device, build):
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
-        return build()
-
-
-def _finish(module, dtype):
-    # nn.Module.to: weights drawn in float32 then rounded, so bf16 is the fp32 model rounded
-    return torch.nn.Module.to(module, dtype=parse_dtype(dtype)).eval().requires_grad_(False)
-
-
 def _subfolder(weights, name: str) -> Path | None:
     if weights is None:
         return None
     folder = Path(weights) / name
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no {name}/config.json under {weights}: pass a diffusers pipeline folder")
+        raise ModelError(f"no {name}/config.json under {weights}: pass a diffusers pipeline folder")
     return folder
 
 
@@ -173,68 +68,16 @@ def build_transformer(spec: PipelineSpec, *, tiny: bool, weights=None, dtype="fl
     if folder is not None:
         return load_local(cls, folder, dtype=dtype, device=device)
     if tiny:  # drawn in float32 and rounded: the bf16 tiny model is the fp32 one rounded
-        model = _finish(_seeded(seed + 1000 * expert, device, lambda: cls(**spec.transformer_config(tiny))), dtype)
+        model = finish(seeded(seed + 1000 * expert, device, lambda: cls(**spec.transformer_config(tiny))), dtype)
     else:
-        with _default_dtype(parse_dtype(dtype)):  # real size: drawn in the target dtype (20B in fp32: 80 GB)
-            model = _finish(_seeded(seed + 1000 * expert, device, lambda: cls(**spec.transformer_config(tiny))), dtype)
+        with default_dtype(parse_dtype(dtype)):  # real size: drawn in the target dtype (20B in fp32: 80 GB)
+            model = finish(seeded(seed + 1000 * expert, device, lambda: cls(**spec.transformer_config(tiny))), dtype)
     return keep_in_fp32(model)
 
 
-def load_local(cls, folder: Path, *, dtype="float32", device="cpu"):
-    """A diffusers model from a local folder (config.json + safetensors shards), loaded shard by shard into a
-    model built on `device` (peak: the model plus one shard). Unlike from_pretrained it needs no `accelerate`,
-    and the modules diffusers keeps in float32 receive the checkpoint's values before any rounding."""
-    from safetensors.torch import load_file
-
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
-    with _default_dtype(parse_dtype(dtype)), torch.device(device):
-        model = keep_in_fp32(_finish(cls.from_config(cls.load_config(str(folder))), dtype))
-    missing = set(model.state_dict())
-    for f in files:
-        shard = load_file(str(f), device=str(device))
-        unexpected = sorted(set(shard) - missing)
-        if unexpected:
-            raise ValueError(f"{f}: tensors the {cls.__name__} config does not have, e.g. {unexpected[:3]}")
-        model.load_state_dict(shard, strict=False)
-        missing -= set(shard)
-    if missing:
-        raise ValueError(f"{folder}: no weights for {len(missing)} tensors of {cls.__name__}, e.g. {sorted(missing)[:3]}")
-    return model
-
-
-def keep_in_fp32(model):
-    """Put the modules diffusers keeps in float32 when loading in half precision (`_keep_in_fp32_modules`:
-    Wan's rope, time embedder, norms and modulation tables) back in float32, as from_pretrained would."""
-    keep = getattr(model, "_keep_in_fp32_modules", None) or []
-    for name, module in model.named_modules():
-        if any(k in name.split(".") for k in keep):
-            torch.nn.Module.to(module, dtype=torch.float32)
-    return model
-
-
-class _default_dtype:
-    def __init__(self, dtype):
-        self.dtype = dtype
-
-    def __enter__(self):
-        self.saved = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *exc):
-        torch.set_default_dtype(self.saved)
-
-
 def build_vae_for(spec: PipelineSpec, *, tiny: bool, weights=None, dtype="float32", device="cpu"):
-    """The VAE preset's model, or `weights`/vae (loaded with `load_local`: workbench.models.build_vae's own
-    folder check compares against class defaults it does not fill in, and refuses Wan/Qwen-Image folders)."""
-    if weights is None:
-        return build_vae(spec.vae, tiny=tiny, dtype=dtype, device=device)
-    import diffusers
-
-    cls = getattr(diffusers, get_preset(spec.vae).vae_class)
-    return load_local(cls, _subfolder(weights, "vae"), dtype=dtype, device=device)
+    """The VAE preset's model, or `weights`/vae (checked against the preset, as `build_vae` does)."""
+    return build_vae(spec.vae, tiny=tiny, weights=_subfolder(weights, "vae"), dtype=dtype, device=device)
 
 
 class EmbeddingStandIn(torch.nn.Module):
@@ -301,10 +144,10 @@ def build_text_encoder(spec: PipelineSpec, *, tiny: bool, weights=None, dtype="f
     if folder is not None and (folder / "config.json").is_file():
         return _local_text_encoder(spec, Path(weights), dtype, device, pad_to)
     if not tiny:
-        model = _seeded(seed + 7, device, lambda: EmbeddingStandIn(384, spec.text_dim))
-        return TextEncoder(_byte_tokenizer(), _finish(model, dtype), spec.text_encoder, spec.text_len, pad_to)
-    model = _seeded(seed + 7, device, lambda: _tiny_text_model(spec))
-    return TextEncoder(_byte_tokenizer(), _finish(model, dtype), spec.text_encoder, 64, pad_to)
+        model = seeded(seed + 7, device, lambda: EmbeddingStandIn(384, spec.text_dim))
+        return TextEncoder(_byte_tokenizer(), finish(model, dtype), spec.text_encoder, spec.text_len, pad_to)
+    model = seeded(seed + 7, device, lambda: _tiny_text_model(spec))
+    return TextEncoder(_byte_tokenizer(), finish(model, dtype), spec.text_encoder, 64, pad_to)
 
 
 def _tiny_text_model(spec: PipelineSpec):
@@ -366,7 +209,7 @@ def build_ar_model(*, tiny: bool, weights=None, dtype="float32", device="cpu", s
         model = torch.nn.Module.to(model, device).eval()
     else:
         config = GlmImageConfig(**_GLM_AR_TINY) if tiny else GlmImageConfig()
-        model = _finish(_seeded(seed + 11, device, lambda: GlmImageForConditionalGeneration(config)), dtype)
+        model = finish(seeded(seed + 11, device, lambda: GlmImageForConditionalGeneration(config)), dtype)
     cfg = model.config
     codebook = cfg.vq_config.num_embeddings
     offset = 72 if tiny else 1000  # past the vision vocabulary: plain text ids

@@ -22,21 +22,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..dist.groups import Groups, ParallelDims
-from ..dist.launch import RankContext
-from ..dist.platform import backend_for
-from ..dist.tree import map_leaves
 from ..measure import Measure, RankStats, synchronize
+from ..runtime.tree import map_leaves
 from .stages import Parallelism, Stage, StageError
 
-__all__ = ["Executor", "StageContext", "Span", "Run", "local_context", "broadcast_batch", "gather_objects"]
-
-
-def local_context(device="cpu") -> RankContext:
-    """A one-rank context without torch.distributed (a notebook or a test, world size 1)."""
-    device = torch.device(device)
-    return RankContext(rank=0, world_size=1, local_rank=0, device=device, backend=backend_for(device),
-                       groups=Groups(ParallelDims(1)))
+__all__ = ["Executor", "StageContext", "Span", "Run", "broadcast_batch"]
 
 
 @dataclass
@@ -47,11 +37,12 @@ class StageContext:
     world_size: int
     device: torch.device
     backend: str
-    groups: Groups
+    groups: object  # workbench.parallel.dims.Groups
+    runtime: object  # the workbench.runtime.RankContext (control group, status helpers)
     progress: bool = False
 
     @property
-    def dims(self) -> ParallelDims:
+    def dims(self):
         return self.groups.dims
 
     @property
@@ -96,30 +87,17 @@ def _multi(ctx) -> bool:
     return ctx.world_size > 1 and dist.is_initialized()
 
 
-def _object_device(ctx):
-    return None if ctx.backend == "gloo" else ctx.device
-
-
-def gather_objects(obj, ctx) -> list:
-    """Every rank's picklable `obj`, in rank order (control path only: it pickles)."""
-    if not _multi(ctx):
-        return [obj]
-    out = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
 class Executor:
     """Runs `stages` in order on this rank; every rank of the world runs the same Executor together."""
 
     def __init__(self, stages: list[Stage], ctx, *, progress: bool = False):
+        from ..parallel.dims import ParallelDims, use_dims
+
         self.stages = list(stages)
         self.ctx = ctx
-        self.stage_ctx = StageContext(ctx.rank, ctx.world_size, torch.device(ctx.device), ctx.backend, ctx.groups,
+        if ctx.groups is None:
+            use_dims(ctx, ParallelDims(ctx.world_size))  # collective: every rank builds its Executor together
+        self.stage_ctx = StageContext(ctx.rank, ctx.world_size, torch.device(ctx.device), ctx.backend, ctx.groups, ctx,
                                       progress=progress and ctx.rank == 0)
 
     def run(self, batch) -> Run:
@@ -133,7 +111,7 @@ class Executor:
         stats = measure.stats(self.ctx.rank)
         if stats.peak_allocated_bytes is not None:  # peaks were reset per stage: the run's peak is the largest
             stats.peak_allocated_bytes = max([s.peak_bytes for s in spans] + [stats.peak_allocated_bytes])
-        gathered = gather_objects((spans, stats), self.ctx)
+        gathered = self.ctx.gather_objects((spans, stats))
         return Run(batch, [s for rank_spans, _ in gathered for s in rank_spans], [st for _, st in gathered])
 
     def _timed(self, stage: Stage, batch, measure: Measure):
@@ -175,18 +153,11 @@ class Executor:
         return broadcast_batch(out, self.ctx, error=error, stage=stage.name)
 
     def _agree(self, stage: Stage, error) -> None:
-        """Every rank learns every rank's status; any failure raises everywhere."""
-        statuses = gather_objects(None if error is None else _describe(error), self.ctx)
-        failures = {r: s for r, s in enumerate(statuses) if s is not None}
-        if failures:
-            raise StageError(stage.name, failures) from error
+        """Every rank learns every rank's status (control group); any failure raises everywhere."""
+        self.ctx.agree(stage.name, error, StageError)
 
     def _main_status(self, stage: Stage, error) -> None:
-        status = [None if error is None else _describe(error)]
-        if _multi(self.ctx):
-            dist.broadcast_object_list(status, src=0, device=_object_device(self.ctx))
-        if status[0] is not None:
-            raise StageError(stage.name, {0: status[0]}) from error
+        self.ctx.main_status(stage.name, error, StageError)
 
 
 # --------------------------------------------------------------------------------- batch broadcast
@@ -230,22 +201,16 @@ def broadcast_batch(batch, ctx, *, error: BaseException | None = None, stage: st
     """Rank 0's `batch` on every rank of the world, bitwise (collective). Rank 0 sends a status first:
     if `error` is set there, every rank raises StageError naming rank 0 and the error instead."""
     if not _multi(ctx):
-        if error is not None:
-            raise StageError(stage, {0: _describe(error)}) from error
+        ctx.main_status(stage, error, StageError)
         return batch
     device = torch.device(ctx.device)
     tensors: list = []
     header = [None, None, []]  # status, structure, byte size of each tensor
+    ctx.main_status(stage, error, StageError)  # over the control group, before any data moves
     if ctx.rank == 0:
-        if error is not None:
-            header[0] = _describe(error)
-        else:
-            header[1] = _split(batch, tensors)
-            header[2] = [t.numel() * t.element_size() for t in tensors]
-    dist.broadcast_object_list(header, src=0, device=_object_device(ctx))
-    status, skeleton, sizes = header
-    if status is not None:
-        raise StageError(stage, {0: status}) from error
+        header[1] = _split(batch, tensors)
+        header[2] = [t.numel() * t.element_size() for t in tensors]
+    _, skeleton, sizes = ctx.broadcast_object(header)
     if not sizes:
         return batch if ctx.rank == 0 else skeleton
     if ctx.rank == 0:

@@ -1,12 +1,13 @@
 """Running a generation: the job (Request + Options), the per-rank entry point, and its result.
 
     result = generate("qwen-image", tiny=True, steps=2)                  # this process, one rank
-    with Cluster(world_size=2) as cluster:
+    with Cluster(world_size=2) as cluster:                               # workbench.runner.Cluster
         result = cluster.generate("wan2.1", tiny=True, sp=2, steps=2)   # two worker ranks
     torchrun --nproc-per-node 4 -m workbench generate --pipeline qwen-image --sp 4 --steps 4
 
-Every rank runs `run_generation(ctx, request, options)`; the GenerationResult carries the output image or
-video (rank 0), the final latents, every rank's stage spans and memory timeline, and provenance.
+Every rank runs `run_generation(ctx, request, options)` (the runners call it); the GenerationResult carries
+the output image or video (rank 0), the final latents, every rank's stage spans and memory timeline, and
+provenance.
 """
 
 from __future__ import annotations
@@ -19,18 +20,16 @@ from pathlib import Path
 
 import torch
 
-from ..decode import STRATEGIES
-from ..dist.groups import Groups, ParallelDims
 from ..measure import RankStats, RankSummary, Result, versions
-from ..models import parse_dtype, parse_size
-from .components import get_spec
-from .executor import Executor, Span, local_context
+from ..models import get_spec, parse_dtype, parse_size
+from ..parallel.dims import ParallelDims, use_dims
+from ..parallel.dit import ATTENTION_METHODS
+from ..parallel.vae import STRATEGIES
+from .executor import Executor, Span
 from .pipelines import build_pipeline
-from .sp import ATTENTION_METHODS
 from .stages import Batch, Request
 
-__all__ = ["Options", "GenerationResult", "make_job", "run_generation", "generate", "generate_task",
-           "clear_pipelines"]
+__all__ = ["Options", "GenerationResult", "make_job", "run_generation", "generate", "clear_pipelines"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class Options:
     sp: int = 0  # sequence-parallel degree; 0: world_size // cfg
     cfg: int = 1  # 2: conditional and unconditional branches on different rank groups
     attention: str = "ulysses"  # or "ring"
-    decode: str = "auto"  # a workbench.decode strategy
+    decode: str = "auto"  # a workbench.parallel.vae strategy
     decode_params: dict = field(default_factory=dict)
     fused: bool = False  # workbench.ops fused modulation (Qwen-Image blocks), where installed
     compile: bool = False  # torch.compile the transformer blocks
@@ -189,7 +188,6 @@ class GenerationResult(RankSummary):
         for name, draw in (("timeline", pviz.plot_stage_timeline), ("memory", pviz.plot_memory)):
             fig = draw(self)
             fig.savefig(out / f"{name}.png", dpi=100)
-            viz._plt().close(fig)
             written.append(out / f"{name}.png")
         (out / "generation.json").write_text(json.dumps(self.to_dict(), indent=1, default=str))
         return written + [out / "generation.json"]
@@ -213,22 +211,13 @@ def clear_pipelines() -> None:
     _PIPELINES.clear()
 
 
-def _set_dims(ctx, dims: ParallelDims) -> None:
-    if ctx.groups is not None and ctx.groups.dims == dims:
-        return
-    if ctx.world_size == 1:
-        ctx.groups = Groups(dims)
-    else:
-        ctx.set_dims(dims)  # collective
-
-
 def run_generation(ctx, request: Request, options: Options) -> GenerationResult:
     """One rank's part of a generation; every rank of the world calls it with the same arguments."""
     if options.device is not None and torch.device(options.device).type != torch.device(ctx.device).type:
         raise ValueError(f"device={options.device!r} but this run's ranks are on {ctx.device.type} "
                          "(a Cluster's device is chosen when it is created)")
     dims = ParallelDims(ctx.world_size, sp=options.sp, cfg=options.cfg)
-    _set_dims(ctx, dims)
+    use_dims(ctx, dims)  # collective when the degrees change
     pipeline = load_pipeline(request, options, ctx.device)
     pipeline.check(request)
     notes = pipeline.configure(sp_group=ctx.groups.sp, attention=options.attention, fused=options.fused,
@@ -241,16 +230,9 @@ def run_generation(ctx, request: Request, options: Options) -> GenerationResult:
                             str(ctx.device), ctx.backend)
 
 
-def generate_task(ctx, request: Request, options: Options) -> GenerationResult:
-    """The Cluster task: every rank generates; each returns its GenerationResult on the CPU. Workers show no
-    progress bars (their output interleaves with the notebook's)."""
-    return run_generation(ctx, request, dataclasses.replace(options, progress=False)).cpu()
-
-
 def generate(pipeline: str = "qwen-image", **kwargs) -> GenerationResult:
     """Generate in this process (one rank). Keywords: see `make_job` (Request and Options fields, size)."""
-    from ..dist.platform import default_device
+    from ..runner import LocalRunner
 
     request, options = make_job(pipeline, **kwargs)
-    ctx = local_context(options.device or default_device())
-    return run_generation(ctx, request, options)
+    return LocalRunner(options.device)._generate(request, options)

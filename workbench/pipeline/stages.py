@@ -15,6 +15,8 @@ from enum import Enum
 
 import torch
 
+from ..runtime import RankFailure
+
 __all__ = ["Parallelism", "Stage", "Request", "Batch", "StageError"]
 
 
@@ -27,19 +29,14 @@ class Parallelism(Enum):
     CFG_PARALLEL = "cfg_parallel"  # every rank runs it; conditional and unconditional branches on different rank groups
 
 
-class StageError(RuntimeError):
+class StageError(RankFailure):
     """A stage failed on some rank; raised on every rank, naming the rank(s) and their exceptions."""
 
-    def __init__(self, stage: str, failures: dict[int, str]):
-        self.stage = stage
-        self.failures = dict(sorted(failures.items()))
-        if len(self.failures) == 1:
-            (rank, text), = self.failures.items()
-            message = f"stage {stage!r} failed on rank {rank}: {text}"
-        else:
-            detail = "; ".join(f"rank {r}: {text}" for r, text in self.failures.items())
-            message = f"stage {stage!r} failed on ranks {', '.join(map(str, self.failures))}: {detail}"
-        super().__init__(message)
+    what = "stage"
+
+    @property
+    def stage(self) -> str:
+        return self.step
 
 
 @dataclass

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..viz import _axes, _plt, rank_colours, to_image
+from ..viz import _axes, new_figure, rank_colours, to_image
 
 __all__ = ["plot_stage_timeline", "plot_memory", "show_output", "stage_colours"]
 
 
 def stage_colours(result) -> dict:
-    cmap = _plt().get_cmap("tab10")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
     return {name: cmap(i % 10) for i, name in enumerate(dict.fromkeys(s.stage for s in result.spans))}
 
 
@@ -71,8 +73,8 @@ def show_output(result, frames: int = 4, ax=None):
         raise ValueError("this result holds no output (only rank 0's does)")
     count = out.shape[2] if out.dim() == 5 else 1
     picks = sorted({round(i * (count - 1) / max(frames - 1, 1)) for i in range(min(frames, count))})
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.4), squeeze=False)
+    fig = new_figure((3.2 * len(picks), 3.4))
+    axes = fig.subplots(1, len(picks), squeeze=False)
     for a, f in zip(axes[0], picks):
         a.imshow(to_image(out, frame=f))
         a.set_title(f"frame {f}" if count > 1 else result.request.pipeline, fontsize=9)

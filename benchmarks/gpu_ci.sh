@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test suite and the notebooks on CUDA, through the device tool (its $OUT comes back):
+#   bash benchmarks/gpu_ci.sh 1    one GPU: every test on cuda:0 (pools of more ranks than GPUs are skipped)
+#   bash benchmarks/gpu_ci.sh 4    four GPUs: the same suite, multi-rank tests on NCCL
+# Wheels missing on the GPU image (diffusers, papermill and the notebook kernel) are carried in .gpuwhl/.
+set -uo pipefail
+gpus=${1:-1}
+out=${OUT:-/tmp/out}; mkdir -p "$out"
+if [ -d .gpuwhl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpuwhl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD} WORKBENCH_TEST_DEVICE=cuda MPLBACKEND=Agg PYTHONUNBUFFERED=1
+python3 -m ipykernel install --user --name python3 >/dev/null 2>&1
+log="$out/gpu_tests_${gpus}gpu.log"
+{
+  echo "# command: WORKBENCH_TEST_DEVICE=cuda python3 -m pytest -q -rs tests  (on $gpus GPU(s))"
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import sys, torch, diffusers, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
+} > "$log" 2>&1
+timeout ${SUITE_TIMEOUT_S:-480} python3 -m pytest -q -rs -p no:cacheprovider --timeout 300 tests 2>&1 | tee -a "$log" | tail -40

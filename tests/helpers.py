@@ -1,0 +1,39 @@
+"""What the tests share: the one test device, and a one-process decode whose output is on the CPU.
+
+The device is chosen once, from WORKBENCH_TEST_DEVICE (default cpu): WORKBENCH_TEST_DEVICE=cuda runs every
+single-process decode and every worker pool on CUDA. Outputs are moved to the CPU before they are compared,
+so a reference and a pool's result always meet on one device.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEVICE = os.environ.get("WORKBENCH_TEST_DEVICE", "cpu")
+if DEVICE.startswith("cuda"):
+    # fp32 means fp32: TF32 convolutions and matmuls would put 1e-3 relative noise between any two
+    # decodes that sum in different orders. The variable reaches the pool's workers too.
+    os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def gpus() -> int:
+    return torch.cuda.device_count() if DEVICE.startswith("cuda") else 0
+
+
+def ranks_available(world: int) -> bool:
+    """A pool of `world` ranks can run here: any number on the CPU, one rank per GPU on CUDA."""
+    return not DEVICE.startswith("cuda") or world <= gpus()
+
+
+def run_local(job, mode: str, params: dict | None = None):
+    """Decode `job` with `mode` in this process on the test device; the Result's output on the CPU."""
+    from workbench.runner import LocalRunner
+
+    result = LocalRunner(DEVICE).decode(job, mode, **(params or {}))
+    if result.output is not None:
+        result.output = result.output.cpu()
+    return result

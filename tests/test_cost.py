@@ -1,0 +1,103 @@
+"""The cost model against allocator peaks measured on GPUs (data/bench), and its own properties.
+
+The estimates are traced on the meta device (no GPU needed) for the exact configurations of the
+committed GPU runs. The requirement: every measured peak lies within 0.7-1.1x of its estimate, so `auto`
+and the runner's memory guard neither run out of memory nor refuse what would have fit.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.models import PRESETS, build_vae, get_preset, latent_shape
+from workbench.parallel.vae.cost import estimate_bytes, meta_twin, traced_bytes
+
+BENCH = Path(__file__).resolve().parents[1] / "data" / "bench"
+RUNS = sorted(BENCH.glob("decode_memory_*.json"))  # recorded by benchmarks/gpu_cost.sh with this code
+LOW, HIGH = 0.7, 1.1  # measured / estimate
+
+
+def measured_rows():
+    for path in RUNS:
+        for row in json.loads(path.read_text())["rows"]:
+            peaks = row.get("peak_allocated_bytes")
+            if peaks and peaks[0] is not None and row["mode"] != "auto" and not row.get("tiny"):
+                yield path.name, row
+
+
+def _meta_vae(name: str, dtype: str):
+    import diffusers
+
+    preset = get_preset(name)
+    with torch.device("meta"):
+        vae = getattr(diffusers, preset.vae_class)(**preset.config)
+    return torch.nn.Module.to(vae, getattr(torch, dtype))
+
+
+@pytest.mark.skipif(not RUNS, reason="no recorded GPU runs")
+def test_measured_peaks_lie_within_0_7_to_1_1_of_the_estimates():
+    models, ratios = {}, []
+    for source, row in measured_rows():
+        key = (row["model"], row["dtype"])
+        if key not in models:
+            models[key] = _meta_vae(*key)
+        params = {k: v for k, v in row["params"].items() if k in ("tile_px", "stride_px", "halo_latent", "merge",
+                                                                  "output", "grid", "tile_frames")}
+        shape = latent_shape(row["model"], *row["size"])
+        estimate = estimate_bytes(models[key], shape, row["mode"], row["world_size"], **params)
+        ratios.append((max(row["peak_allocated_bytes"]) / estimate, row["model"], row["size"], row["mode"],
+                       row["world_size"], source))
+    assert len(ratios) >= 60 and {r[1] for r in ratios} == set(PRESETS)
+    print("\n" + "\n".join(f"{r[0]:.2f}  {r[1:]}" for r in sorted(ratios)))
+    worst, best = max(ratios), min(ratios)
+    assert worst[0] <= HIGH, f"measured more than {HIGH}x the estimate: {worst}"
+    assert best[0] >= LOW, f"measured less than {LOW}x the estimate: {best}"
+
+
+def test_the_trace_runs_the_strategy_itself():
+    """shard's trace holds its halo buffers and float32 GroupNorm statistics: more than the unpatched
+    decoder's share of the same rows (the defect of the first cost model, 2.4x under on GLM-Image)."""
+    vae = _meta_vae("glm-image", "bfloat16")
+    shape = latent_shape("glm-image", 2048, 2048)
+    shard = traced_bytes(vae, shape, "shard", rank=1, world_size=4, output="sharded")
+    band = traced_bytes(vae, (1, 16, 64, 256), "full")  # one rank's band, decoded alone
+    assert shard > 1.5 * band
+
+
+def test_twins_are_cached_by_config_not_by_object():
+    qwen = build_vae("qwen-image", tiny=True)
+    glm = build_vae("glm-image", tiny=True)
+    assert type(meta_twin(qwen)) is type(qwen) and type(meta_twin(glm)) is type(glm)
+    del qwen
+    again = build_vae("wan2.1", tiny=True)  # may reuse the freed object's id
+    assert type(meta_twin(again)).__name__ == "AutoencoderKLWan"
+
+
+def test_video_extrapolation_matches_a_full_trace():
+    vae = build_vae("wan2.1", tiny=True)
+    shape = latent_shape("wan2.1", 64, 64, 29)  # 8 latent frames
+    from workbench.parallel.vae import cost
+
+    extrapolated = traced_bytes(vae, shape, "full")
+    original = cost.traced_bytes
+    assert extrapolated == original(vae, shape, "full")  # deterministic
+    # trace every frame for real: temporarily make the threshold unreachable
+    direct = _trace_all_frames(vae, shape)
+    assert abs(extrapolated - direct) <= 0.02 * direct
+
+
+def _trace_all_frames(vae, shape):
+    from workbench.parallel.comm import Comm
+    from workbench.parallel.vae import DecodeContext
+    from workbench.parallel.vae.cost import LiveBytes, _fused_attention, _ReplayDecoder, _Untimed
+    from workbench.parallel.vae.full import decode_full
+
+    with torch.no_grad(), _fused_attention(), LiveBytes() as live:
+        fd = _ReplayDecoder(meta_twin(vae), live)
+        z = torch.empty(shape, device="meta")
+        live.peak = live.live = 0
+        out = decode_full(DecodeContext(fd, _Untimed(), Comm.trace(0, 1)), z)
+        del out
+    return live.peak

@@ -1,0 +1,73 @@
+"""Parallel DiTs: the one place that changes a transformer, from outside, in a fixed order.
+
+    notes = parallelize_dit(transformer, group=ctx.groups.sp, attention="ulysses", fused=False, compile=False)
+    unparallelize_dit(transformer)        # the unmodified single-device model again
+
+Fused modulation ops (`workbench.ops`, Qwen-Image blocks), then sequence parallelism (Ulysses or ring
+attention, `sequence.py`), then torch.compile of each block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attention import SeqShard, attention_lse, merge_lse, ring_attention, ulysses_attention
+from .sequence import ATTENTION_METHODS, is_parallelized, sequence_parallel, undo_sequence_parallel
+
+__all__ = ["parallelize_dit", "unparallelize_dit", "sequence_parallel", "undo_sequence_parallel", "is_parallelized",
+           "ATTENTION_METHODS", "SeqShard", "ulysses_attention", "ring_attention", "attention_lse", "merge_lse",
+           "set_fused", "compile_blocks", "uncompile_blocks"]
+
+
+def set_fused(model, fused: bool) -> list[str]:
+    """Use workbench.ops' fused LayerNorm + modulation (Qwen-Image blocks) or diffusers' own; notes on what
+    happened. A no-op with a note where the ops are not installed or the model has no fused path."""
+    if type(model).__name__ != "QwenImageTransformer2DModel":
+        return [f"fused ops: none for {type(model).__name__} (Qwen-Image only)"] if fused else []
+    try:
+        from ...ops.qwen import fuse_modulation, unfuse_modulation
+    except ImportError as e:
+        return [f"fused ops requested but workbench.ops is not available ({e}); running diffusers' blocks"] if fused \
+            else []
+    if fused:
+        fuse_modulation(model)
+        return ["fused ops: workbench.ops LayerNorm+scale/shift/gate (select01 for zero_cond_t)"]
+    unfuse_modulation(model)
+    return []
+
+
+def parallelize_dit(model, *, group=None, attention: str = "ulysses", fused: bool = False,
+                    compile: bool = False) -> list[str]:
+    """Fused ops, then sequence parallelism over `group`, then compiled blocks, from a clean start (whatever
+    was applied before is undone first). In place; returns notes on what was done. Collective when
+    `group` has several ranks."""
+    unparallelize_dit(model)
+    notes = set_fused(model, fused)
+    sequence_parallel(model, group=group, attention=attention)
+    if compile:
+        compile_blocks(model)
+    return notes
+
+
+def unparallelize_dit(model) -> torch.nn.Module:
+    """The single-device model again: no compiled blocks, no sequence parallelism, diffusers' own blocks."""
+    uncompile_blocks(model)
+    undo_sequence_parallel(model)
+    set_fused(model, False)
+    return model
+
+
+def _blocks(model):
+    return getattr(model, "transformer_blocks", None) or getattr(model, "blocks")
+
+
+def compile_blocks(model) -> None:
+    """torch.compile each transformer block's forward (hooks, and so the sequence sharding, stay eager)."""
+    for block in _blocks(model):
+        if "forward" not in block.__dict__:
+            block.forward = torch.compile(block.forward, dynamic=False)
+
+
+def uncompile_blocks(model) -> None:
+    for block in _blocks(model):
+        block.__dict__.pop("forward", None)

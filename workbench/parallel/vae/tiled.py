@@ -1,0 +1,35 @@
+"""`tiled`: overlapping tiles in one process, blended with normalised linear ramps."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .blend import blend_into
+from .plan import frame_windows, plan_tiles
+
+
+def decode_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192, tile_frames: int | None = None):
+    """Overlapping spatial tiles blended with linear ramps; videos optionally in windows of frames.
+
+    `tile_frames` (latent frames per window; None = all) bounds how much of each tile's video is in
+    flight: every tile keeps its own causal frame cache across windows, so any window size gives the
+    same output as one pass, while memory holds only one window of decoded frames per tile.
+    """
+    fd = ctx.fd
+    z5 = fd.as_5d(z)
+    plan = plan_tiles(z5.shape[2:], scale=fd.spatial_ratio, tile_px=tile_px, stride_px=stride_px)
+    windows = frame_windows(z5.shape[2], tile_frames, fd.temporal_ratio)
+    out = torch.zeros(fd.output_shape(z5.shape), dtype=torch.float32, device=z.device)
+    x = fd.prepare(z5)
+    caches = {}
+    with tqdm(total=len(windows) * len(plan.items), desc="tiles", disable=not ctx.progress, leave=False) as bar:
+        for w, window in enumerate(windows):
+            last = w == len(windows) - 1
+            for tile, pixels in fd.decode_window(x, plan.items, window, caches, last, ctx.measure):
+                with ctx.measure.phase("blend"):
+                    blend_into(out, tile, pixels, window.pixel)
+                del pixels
+                bar.update()
+    out = fd.finish(out.to(fd.dtype))
+    return out, plan, {"tiles": len(plan.items), "windows": len(windows)}
