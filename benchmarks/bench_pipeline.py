@@ -45,8 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from workbench.measure import versions  # noqa: E402
-from workbench.pipeline.components import build_transformer, get_spec, image_tokens  # noqa: E402
-from workbench.pipeline.pipelines import configure_transformer, pack  # noqa: E402
+from workbench.models import get_spec  # noqa: E402
+from workbench.parallel.dit import parallelize_dit  # noqa: E402
+from workbench.pipeline.components import build_transformer, image_tokens  # noqa: E402
+from workbench.pipeline.qwen_image import pack  # noqa: E402
 from workbench.runtime import init_spmd  # noqa: E402
 
 SIZES = {"qwen-image": (1024, 1024, 1), "wan2.1": (480, 832, 81)}
@@ -126,7 +128,7 @@ def run_variant(model, name, variant, inputs, ctx, args) -> dict:
     row = dict(model=name, variant=variant, world=ctx.world_size, sp=ctx.world_size, attention=args.attention,
                compile=compiled, fused=fused)
     try:
-        notes = configure_transformer(model, sp_group=None, attention=args.attention, fused=fused, compile=compiled)
+        notes = parallelize_dit(model, group=None, attention=args.attention, fused=fused, compile=compiled)
         row["notes"] = notes
         if fused and not any(n.startswith("fused ops: workbench.ops") for n in notes):
             row["error"] = "; ".join(notes) or "no fused path"

@@ -30,10 +30,11 @@ def ranks_available(world: int) -> bool:
 
 
 def run_local(job, mode: str, params: dict | None = None):
-    """Decode `job` with `mode` in this process on the test device; the Result's output on the CPU."""
-    from workbench.runner import LocalRunner
+    """Decode `job` with `mode` in this process on the test device; the Result's output on the CPU. `params`
+    may hold other modes' parameters too (one set serves a comparison): `mode` gets those it takes."""
+    from workbench.runner import LocalRunner, split_params
 
-    result = LocalRunner(DEVICE).decode(job, mode, **(params or {}))
+    result = LocalRunner(DEVICE).decode(job, mode, **split_params(mode, params or {}))
     if result.output is not None:
         result.output = result.output.cpu()
     return result

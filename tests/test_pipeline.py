@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from workbench.cli import main
+from workbench.models import ModelError
 from workbench.pipeline import Parallelism, generate, make_job
 from workbench.runner import Cluster, generate_task
 
@@ -162,5 +163,5 @@ def test_local_weights_folder(tmp_path):
     assert theirs.shape[1] == 512 and torch.equal(theirs[:, :16], mine)  # the real pipeline pads to 512 tokens
     result = generate("wan2.1", tiny=False, weights=str(tmp_path), size=(64, 64, 5), steps=2, progress=False)
     assert result.output.shape == (1, 3, 5, 64, 64) and torch.isfinite(result.output).all()
-    with pytest.raises(FileNotFoundError, match="no transformer/config.json under"):
+    with pytest.raises(ModelError, match="no transformer/config.json under"):
         build_pipeline("qwen-image", tiny=False, weights=str(tmp_path / "vae"))

@@ -13,6 +13,7 @@ import torch
 
 from .attention import SeqShard, attention_lse, merge_lse, ring_attention, ulysses_attention
 from .sequence import ATTENTION_METHODS, is_parallelized, sequence_parallel, undo_sequence_parallel
+from .sequence import _plan as plan_for
 
 __all__ = ["parallelize_dit", "unparallelize_dit", "sequence_parallel", "undo_sequence_parallel", "is_parallelized",
            "ATTENTION_METHODS", "SeqShard", "ulysses_attention", "ring_attention", "attention_lse", "merge_lse",
@@ -41,6 +42,9 @@ def parallelize_dit(model, *, group=None, attention: str = "ulysses", fused: boo
     """Fused ops, then sequence parallelism over `group`, then compiled blocks, from a clean start (whatever
     was applied before is undone first). In place; returns notes on what was done. Collective when
     `group` has several ranks."""
+    if attention not in ATTENTION_METHODS:
+        raise ValueError(f"unknown attention {attention!r}; accepted: {', '.join(ATTENTION_METHODS)}")
+    plan_for(model)  # a TypeError naming the supported models, before anything changes
     unparallelize_dit(model)
     notes = set_fused(model, fused)
     sequence_parallel(model, group=group, attention=attention)
