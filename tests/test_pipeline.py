@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import DEVICE, ranks_available
 
 from workbench.cli import main
 from workbench.models import ModelError
@@ -23,7 +24,8 @@ STAGES = {"qwen-image-edit": "encode_image", "glm-image": "ar_tokens"}  # the ma
 
 
 def _run(name, **kw):
-    return generate(name, tiny=True, steps=2, progress=False, **kw)
+    """One rank in this process on the test device; the result on the CPU, where every comparison happens."""
+    return generate(name, tiny=True, steps=2, progress=False, device=DEVICE, **kw).cpu()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,9 @@ def test_cli_generate_writes_files(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def cluster():
-    with Cluster(world_size=2, device="cpu", timeout_s=300) as c:
+    if not ranks_available(2):
+        pytest.skip("2 ranks need 2 GPUs")
+    with Cluster(world_size=2, device=DEVICE, timeout_s=300) as c:
         yield c
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import DEVICE, ranks_available
 
 from workbench.models import get_spec
 from workbench.parallel.dims import ParallelDims, use_dims
@@ -47,8 +48,8 @@ def _inputs(name: str):
 def sp_task(ctx, name: str, sp: int, attention: str, native_a2a: bool = True):
     """(max |parallel - reference|, max |reference|) for one model on this rank."""
     use_dims(ctx, ParallelDims(ctx.world_size, sp=sp, cfg=ctx.world_size // sp))
-    model = build_transformer(get_spec(name), tiny=True)
-    inputs = _inputs(name)
+    model = build_transformer(get_spec(name), tiny=True, device=ctx.device)
+    inputs = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in _inputs(name).items()}
     with torch.inference_mode():
         reference = model(**inputs)[0]
         parallelize_dit(model, group=ctx.groups.sp, attention=attention)
@@ -64,7 +65,10 @@ def sp_task(ctx, name: str, sp: int, attention: str, native_a2a: bool = True):
 
 @pytest.fixture(scope="module")
 def cluster():
-    with Cluster(world_size=4, device="cpu", timeout_s=300, threads_per_rank=1) as c:
+    """Four ranks on the test device: gloo on the CPU, NCCL on four GPUs."""
+    if not ranks_available(4):
+        pytest.skip("4 ranks need 4 GPUs")
+    with Cluster(world_size=4, device=DEVICE, timeout_s=300, threads_per_rank=1) as c:
         yield c
 
 
