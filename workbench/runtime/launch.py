@@ -12,6 +12,7 @@ failed, with what), so a status never pairs with a queued data collective on the
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,7 +21,11 @@ import torch.distributed as dist
 
 from .platform import backend_for, detect_platform, rank_device
 
-__all__ = ["RankContext", "RankFailure", "init_spmd", "init_rank", "local_context"]
+__all__ = ["RankContext", "RankFailure", "init_spmd", "init_rank", "local_context", "AGREE_TIMEOUT_S"]
+
+# How long a failed rank waits for the others' statuses. Longer means its peers are stuck in a data
+# collective it will never join: it then raises at once and its pool (or torchrun) stops them.
+AGREE_TIMEOUT_S = 5.0
 
 
 class RankFailure(RuntimeError):
@@ -85,11 +90,20 @@ class RankContext:
         return box[0]
 
     def agree(self, step: str, error: BaseException | None, exc: type = RankFailure) -> None:
-        """Every rank reports how `step` ended; if any failed, every rank raises `exc` naming them. One rank
-        alone raises its own error as it is."""
+        """Every rank reports how `step` ended (control group); if any failed, every rank raises `exc` naming
+        them. A failed rank waits at most AGREE_TIMEOUT_S for the others, then raises naming itself: never
+        a hang. One rank alone raises its own error as it is."""
         if error is not None and not self.distributed and exc is RankFailure:
             raise error
-        statuses = self.gather_objects(None if error is None else _describe(error))
+        mine = None if error is None else _describe(error)
+        if error is None:
+            statuses = self.gather_objects(mine)
+        else:
+            box: dict = {}
+            waiter = threading.Thread(target=lambda: box.update(statuses=self.gather_objects(mine)), daemon=True)
+            waiter.start()
+            waiter.join(AGREE_TIMEOUT_S)
+            statuses = box.get("statuses") or [mine if r == self.rank else None for r in range(self.world_size)]
         failures = {r: s for r, s in enumerate(statuses) if s is not None}
         if failures:
             raise exc(step, failures) from error
