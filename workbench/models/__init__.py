@@ -4,26 +4,26 @@
     latent_shape("wan2.1", 480, 832, 81)           # (1, 16, 21, 60, 104)
     random_latents("wan2.1", shape, seed=0)        # with the preset's latent statistics
     get_spec("wan2.1")                              # the pipeline's transformer, text encoder, scheduler
+
+Names are imported on first use: the registry and the shapes need no torch (the CLI checks its
+arguments with them before importing anything heavy).
 """
 
-from .latents import check_latents, latent_shape, latent_stats, parse_size, random_latents
-from .loader import (
-    ModelError,
-    build_vae,
-    count_parameters,
-    default_dtype,
-    finish,
-    keep_in_fp32,
-    load_local,
-    parse_dtype,
-    read_config,
-    seeded,
-)
-from .presets import PRESETS, Preset, get_preset
-from .specs import SPECS, PipelineSpec, get_spec
+_EXPORTS = {
+    "PRESETS": "presets", "Preset": "presets", "get_preset": "presets", "ModelError": "presets",
+    "SPECS": "specs", "PipelineSpec": "specs", "get_spec": "specs",
+    "parse_size": "shapes", "latent_shape": "shapes", "check_dtype": "shapes", "DTYPE_NAMES": "shapes",
+    "build_vae": "loader", "load_local": "loader", "read_config": "loader", "seeded": "loader", "finish": "loader",
+    "keep_in_fp32": "loader", "default_dtype": "loader", "count_parameters": "loader", "parse_dtype": "loader",
+    "latent_stats": "latents", "check_latents": "latents", "random_latents": "latents",
+}
 
-__all__ = [
-    "PRESETS", "Preset", "get_preset", "SPECS", "PipelineSpec", "get_spec", "ModelError", "build_vae",
-    "load_local", "read_config", "seeded", "finish", "keep_in_fp32", "default_dtype", "count_parameters",
-    "parse_dtype", "parse_size", "latent_shape", "latent_stats", "check_latents", "random_latents",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'workbench.models' has no attribute {name!r}")

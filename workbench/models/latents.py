@@ -4,39 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from .loader import ModelError, parse_dtype
-from .presets import Preset, get_preset
+from .loader import parse_dtype
+from .presets import ModelError, Preset, get_preset
+from .shapes import latent_shape, parse_size
 
 __all__ = ["parse_size", "latent_shape", "check_latents", "latent_stats", "random_latents"]
-def parse_size(size: str) -> tuple[int, int, int]:
-    """'HxW' or 'HxWxF' (pixels, frames) -> (height, width, frames)."""
-    parts = str(size).lower().split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) not in (2, 3) or any(v < 1 for v in values):
-        raise ValueError(f"size must be HxW or HxWxF in pixels (e.g. 512x512 or 480x832x81), got {size!r}")
-    return (values[0], values[1], values[2] if len(values) == 3 else 1)
-
-
-def latent_shape(preset: Preset | str, height: int, width: int, frames: int = 1, batch: int = 1) -> tuple[int, ...]:
-    """Latent shape that decodes to (height, width, frames); errors name what the preset accepts."""
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    s = preset.spatial_ratio
-    if height % s or width % s:
-        raise ModelError(f"{preset.name}: height and width must be multiples of {s} pixels, got {height}x{width}")
-    if not preset.is_video:
-        if frames != 1:
-            raise ModelError(f"{preset.name} is an image model: frames must be 1, got {frames}")
-    elif (frames - 1) % preset.temporal_ratio:
-        raise ModelError(f"{preset.name}: frames must be 1 + {preset.temporal_ratio}k (1, 5, ..., 81), got {frames}")
-    t = 1 + (frames - 1) // preset.temporal_ratio if preset.temporal_ratio else 1
-    if preset.latent_ndim == 4:
-        return (batch, preset.latent_channels, height // s, width // s)
-    return (batch, preset.latent_channels, t, height // s, width // s)
-
-
 def check_latents(preset: Preset | str, z: torch.Tensor) -> None:
     """Raise a ModelError naming the expected layout if `z` cannot be this preset's latent."""
     preset = get_preset(preset) if isinstance(preset, str) else preset

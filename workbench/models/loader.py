@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .presets import Preset, get_preset
+from .presets import ModelError, Preset, get_preset
+from .shapes import check_dtype
 
 __all__ = ["ModelError", "parse_dtype", "build_vae", "load_local", "seeded", "finish", "vae_class", "vae_config",
            "count_parameters", "default_dtype", "keep_in_fp32", "read_config", "DTYPES"]
@@ -32,17 +33,10 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
-class ModelError(ValueError):
-    """A model cannot be built or loaded as asked; the message names the preset, path or shape."""
-
-
 def parse_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; accepted: float32, bfloat16, float16") from None
+    return DTYPES[check_dtype(dtype)]
 
 
 def vae_class(preset: Preset):

@@ -37,6 +37,10 @@ _GLM_STD = (3.0625, 2.203125, 2.265625, 4.84375, 2.5, 3.9375, 2.203125, 3.03125,
             2.1875, 2.046875, 2.71875, 2.390625, 2.390625, 2.453125, 2.25, 2.15625)
 
 
+class ModelError(ValueError):
+    """A model cannot be built or loaded as asked; the message names the preset, path or shape."""
+
+
 @dataclass(frozen=True)
 class Preset:
     """A model's VAE: class, real and tiny configs, latent layout and statistics."""

@@ -14,10 +14,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from . import MERGES  # noqa: E402
 from .blend import blend_into
 from .plan import frame_windows, plan_tiles
-
-MERGES = ("allgather", "rank0", "rank0-only")
 
 
 def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192,

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from . import PATCH_OUTPUTS as OUTPUTS  # noqa: E402
 from .blend import gather_blocks
 from .plan import plan_patches
-
-OUTPUTS = ("all", "rank0")
 
 
 def decode_patch(ctx, z: torch.Tensor, *, halo_latent: int = 1, grid=None, output: str = "all"):

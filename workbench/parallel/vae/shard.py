@@ -28,7 +28,7 @@ from .plan import PlanError, ShardPlan, plan_shards
 
 __all__ = ["decode_shard", "sharded", "ShardComm"]
 
-OUTPUTS = ("rank0", "all", "sharded")
+from . import SHARD_OUTPUTS as OUTPUTS  # noqa: E402
 
 # Module types whose forward is pointwise, channel-wise or a container: correct on a shard as they are.
 _LOCAL = {
