@@ -36,8 +36,8 @@ NOTEBOOKS = {
                                                                tile_px=32, stride_px=24, sp=1, device="cpu"), [
         ("video preset at SP 2", "explorer.model.value = 'wan2.1'; explorer.size.value = '64x64x5'; "
                                  "explorer.modes.value = ('full', 'tiled', 'shard'); explorer.sp.value = 2", None),
-        ("glm-image patch", "explorer.model.value = 'glm-image'; explorer.size.value = '64x96'; "
-                            "explorer.modes.value = ('full', 'tiled', 'patch'); explorer.sp.value = 2", None),
+        ("glm-image on one rank", "explorer.model.value = 'glm-image'; explorer.size.value = '64x96'; "
+                            "explorer.modes.value = ('full', 'tiled', 'patch'); explorer.sp.value = 1", None),
         ("invalid size", "explorer.size.value = '65x64'", "multiples of 8"),
     ]),
     "02_strategies.ipynb": ("comparer", "wb-compare", dict(model="qwen-image", size="64x64", world_size=2,
@@ -183,6 +183,8 @@ def wait_run(page, panel: str, n: int, timeout_s: float = 150) -> str:
 
 
 def check_page(page, panel: str, shots: Path, tag: str, expect_images: bool = True) -> None:
+    """No traceback, Run enabled, and the panel's images not blank (decoded pictures, where the panel shows
+    any, with thousands of colours: the validation panel draws bar charts only)."""
     import numpy as np
 
     page.locator(f".{panel}").screenshot(path=str(shots / f"{tag}.png"))
@@ -196,7 +198,7 @@ def check_page(page, panel: str, shots: Path, tag: str, expect_images: bool = Tr
             assert img.std() > 5, f"{tag}: a blank image ({img.shape})"
         # the decoded pictures are random texture: thousands of colours (a blank axes has a few dozen)
         colours = max(len(np.unique(img.reshape(-1, 3), axis=0)) for img in images)
-        assert colours > 1000, f"{tag}: no picture with content ({colours} colours at most)"
+        assert colours > 1000 or panel == "wb-validation-panel", f"{tag}: no picture with content ({colours} colours at most)"
 
 
 @pytest.mark.parametrize("name", list(NOTEBOOKS))

@@ -116,8 +116,8 @@ class DecodeExplorer:
         self.modes = w.SelectMultiple(options=list(STRATEGIES), value=tuple(modes), description="strategies",
                                       rows=len(STRATEGIES), style=style, layout=wide)
         self.sp = w.BoundedIntText(value=sp, min=1, max=64, description="SP degree", style=style,
-                                   layout=w.Layout(width="170px"))
-        small = w.Layout(width="170px")
+                                   layout=w.Layout(width="230px"))
+        small = w.Layout(width="230px")
         self.tile = w.BoundedIntText(value=tile_px, min=8, max=8192, step=8, description="tile px", style=style,
                                      layout=small)
         self.stride = w.BoundedIntText(value=stride_px, min=8, max=8192, step=8, description="stride px",

@@ -48,7 +48,7 @@ class GenerationPanel:
         self.result = None
         self.error: BaseException | None = None
         style = {"description_width": "96px"}
-        wide, small = w.Layout(width="300px"), w.Layout(width="170px")
+        wide, small = w.Layout(width="300px"), w.Layout(width="230px")
         self.pipeline = w.Dropdown(options=list(SPECS), value=spec.name, description="pipeline", style=style,
                                    layout=wide)
         self.size = w.Combobox(value=size or size_text(spec.tiny_size if tiny else spec.default_size),
