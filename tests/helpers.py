@@ -38,3 +38,14 @@ def run_local(job, mode: str, params: dict | None = None):
     if result.output is not None:
         result.output = result.output.cpu()
     return result
+
+
+def notebook_outputs(nb) -> list[dict]:
+    """Every output of an executed notebook: the cells' own and those the panels drew into their Output
+    widgets (kept in the notebook's widget state by nbclient)."""
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    for model in state.values():
+        if model.get("model_name") == "OutputModel":
+            outputs += model.get("state", {}).get("outputs", [])
+    return outputs

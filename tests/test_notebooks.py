@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import DEVICE, ranks_available
+from helpers import DEVICE, notebook_outputs, ranks_available
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -27,8 +27,9 @@ def run(name, tmp_path, **parameters):
     papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters, kernel_name="python3",
                                progress_bar=False, cwd=str(tmp_path))
     nb = nbformat.read(out, as_version=4)
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    outputs = notebook_outputs(nb)  # the cells' and the panel's Output widgets'
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert not any("Traceback" in str(o) for o in outputs)
     return outputs
 
 
@@ -55,3 +56,24 @@ def test_strategies_notebook_runs_headless(tmp_path):
     for mode in ["full", "tiled", "parallel_tiled", "patch", "shard", "auto->"]:
         assert mode in table
     assert images(outputs) >= 10
+
+
+def test_strategies_notebook_sweeps_the_sp_degree(tmp_path):
+    if not ranks_available(2):
+        pytest.skip("2 ranks need 2 GPUs")
+    outputs = run("02_strategies.ipynb", tmp_path, model="qwen-image", size="64x64", world_size=2, tile_px=32,
+                  stride_px=24, strategies="full,tiled,shard", sweep="SP degree", sweep_values="1,2", device=DEVICE)
+    tables = "".join(o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {}))
+    assert "SP degree = 1" in tables and "SP degree = 2" in tables
+    assert images(outputs) >= 6  # three pictures, the sweep plot, time and memory
+
+
+def test_validation_notebook_runs_headless(tmp_path):
+    if not ranks_available(2):
+        pytest.skip("2 ranks need 2 GPUs")
+    outputs = run("04_validation.ipynb", tmp_path, sp=2, image_size="64x64", video_size="64x64x5", device=DEVICE)
+    text = "".join(o.get("text", "") for o in outputs)
+    for model in ["wan2.1", "wan2.2-a14b", "qwen-image", "qwen-image-edit", "glm-image"]:
+        assert model in text
+    assert "remaining at peak" in text and "time change" in text
+    assert images(outputs) >= 1

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import DEVICE, ranks_available
+from helpers import DEVICE, notebook_outputs, ranks_available
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_pipeline.ipynb"
@@ -27,9 +27,11 @@ def test_notebook_runs_under_papermill(tmp_path, monkeypatch):
     papermill.execute_notebook(str(NOTEBOOK), str(out), parameters=params, kernel_name="python3",
                                cwd=str(tmp_path), progress_bar=False)
     nb = nbformat.read(out, as_version=4)
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    outputs = notebook_outputs(nb)  # the cells' and the panel's Output widgets'
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/html", "") for o in outputs)
+    images = sum("image/png" in o.get("data", {}) for o in outputs)
     assert "rank 1 s" in text and "denoise" in text and "median denoising step" in text
+    assert "decode: " in text and "None" not in text.split("decode: ")[1].splitlines()[0]
     assert images >= 3  # output, Gantt chart, memory timeline
 
 

@@ -84,7 +84,11 @@ class Comparison:
         out += [f"skipped {mode}: {why}" for mode, why in self.skipped.items()]
         if "full" not in self.results:
             out.append("no reference: errors are not measured")
-        out.append("seam/int: mean error within the seam band of the plan's boundaries over the error away from them")
+        if not accel:
+            out.append("RSS+ MiB: the largest rank's resident-set increase over the start of this strategy (CPU; "
+                       "never negative)")
+        out.append("seam/int: mean |error| within a band around the plan's boundaries (tile overlaps, patch and "
+                   "shard edges) divided by the mean |error| away from them; 1.0x: no seam")
         return "\n".join(out)
 
     def summary(self) -> dict:
@@ -117,7 +121,7 @@ class Comparison:
 
 def peak_bytes(r: Result) -> int:
     """The largest per-rank peak: allocator peak on accelerators, resident set above the start on CPUs."""
-    return max(s.peak_bytes - (s.baseline_bytes if s.peak_allocated_bytes is None else 0) for s in r.ranks)
+    return max(max(s.peak_bytes - (s.baseline_bytes if s.peak_allocated_bytes is None else 0), 0) for s in r.ranks)
 
 
 def _fmt(value, pattern: str, infinite: str = "inf") -> str:

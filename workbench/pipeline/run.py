@@ -144,7 +144,7 @@ class GenerationResult(RankSummary):
         for stage, times in self.stage_times().items():
             spans = [s for s in self.spans if s.stage == stage]
             peak = max(s.peak_bytes for s in spans) / 2**20
-            rows.append([stage, spans[0].parallelism, *[f"{t:.3f}" for t in times], f"{peak:.0f}"])
+            rows.append([stage, self._how(spans[0].parallelism), *[f"{t:.3f}" for t in times], f"{peak:.0f}"])
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
         fmt = "  ".join(f"{{:{'<' if i < 2 else '>'}{w}}}" for i, w in enumerate(widths))
         step = f", median step {self.step_time_s:.3f} s" if self.step_time_s else ""
@@ -154,6 +154,12 @@ class GenerationResult(RankSummary):
                  f"{self.options.dtype} on {self.device}{step}")
         return "\n".join([title, fmt.format(*head), fmt.format(*["-" * w for w in widths])]
                          + [fmt.format(*r) for r in rows])
+
+    def _how(self, parallelism: str) -> str:
+        """How a stage ran: a CFG-parallel stage at CFG degree 1 ran both branches on every rank."""
+        if parallelism == "cfg_parallel" and self.dims.cfg == 1:
+            return "replicated (cfg 1: both branches per rank)"
+        return parallelism
 
     def cpu(self) -> GenerationResult:
         """A copy with every tensor on the CPU (what crosses to a notebook)."""

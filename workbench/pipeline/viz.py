@@ -45,6 +45,7 @@ def plot_memory(result, ax=None, above_start: bool = True):
     for stats, colour in zip(result.ranks, rank_colours(len(result.ranks))):
         t = np.array([s for s, _ in stats.timeline])
         b = np.array([v for _, v in stats.timeline], dtype=np.float64) - (stats.baseline_bytes if above_start else 0)
+        b = np.maximum(b, 0)  # a resident set can drop below its start: never drawn negative
         ax.plot(t, b / 2**30, color=colour, lw=1.2, label=f"rank {stats.rank}")
     colours = stage_colours(result)
     total = max(s.end_s for s in result.spans)
