@@ -14,6 +14,7 @@ pipeline. Under torchrun every rank runs and rank 0 prints and writes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -100,53 +101,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class CliError(Exception):
-    pass
+from .checks import BadInput as CliError  # noqa: E402  (user mistakes: exit 2, one line)
+
+
+def _default_size(args) -> str:
+    from .models.presets import get_preset
+
+    try:
+        preset = get_preset(args.model)
+    except KeyError as e:
+        raise CliError(f"--model: {e.args[0]}") from None
+    return "128x128x9" if preset.is_video and args.tiny else ("512x512" if not preset.is_video else "480x832x81")
+
+
+def _check_decode(args, modes: list[str]) -> tuple[dict, int]:
+    """Every argument checked before any import of torch, model or worker: (strategy params, world)."""
+    from . import checks
+
+    kind = checks.check_device(args.device) or "cpu"
+    world = checks.check_world(args.world, kind)
+    checks.check_out(args.out)
+    checks.check_weights(args.weights)
+    size = args.size or _default_size(args)
+    params = checks.check_decode(model=args.model, size=size, modes=modes, world=world, tiny=args.tiny,
+                                 dtype=args.dtype, batch=args.batch, tile_px=args.tile_px, stride_px=args.stride_px,
+                                 tile_frames=args.tile_frames, halo_latent=args.halo_latent, grid=args.grid,
+                                 merge=args.merge, output=args.output, budget_gib=args.budget_gib,
+                                 under_torchrun=checks.under_torchrun())
+    return params, world
 
 
 def _job(args):
     from .models import get_preset, parse_size
     from .runner import DecodeJob
 
-    try:
-        preset = get_preset(args.model)
-    except KeyError as e:
-        raise CliError(e.args[0]) from None
-    default = (128, 128, 9) if preset.is_video and args.tiny else (
-        (512, 512, 1) if not preset.is_video else (480, 832, 81))
-    size = parse_size(args.size) if args.size else default
-    return DecodeJob(model=preset.name, size=size, tiny=args.tiny, weights=args.weights, dtype=args.dtype,
-                     device=args.device or "cpu", seed=args.seed, batch=args.batch)
+    size = parse_size(args.size or _default_size(args))
+    return DecodeJob(model=get_preset(args.model).name, size=size, tiny=args.tiny, weights=args.weights,
+                     dtype=args.dtype, device=args.device or "cpu", seed=args.seed, batch=args.batch)
 
 
 def _modes(text: str) -> list[str]:
     modes = list(MODES) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise CliError(f"unknown mode {', '.join(bad) or repr(text)}; accepted: {', '.join(MODES)} or all")
+        raise CliError(f"--mode: unknown mode {', '.join(bad) or repr(text)}; accepted: {', '.join(MODES)} or all")
     return modes
 
 
-def _strategy_params(args) -> dict:
-    params = {"tile_px": args.tile_px, "stride_px": args.stride_px, "tile_frames": args.tile_frames,
-              "halo_latent": args.halo_latent, "merge": args.merge, "output": args.output,
-              "memory_budget_gib": args.budget_gib}
-    if args.grid:
-        try:
-            params["grid"] = tuple(int(v) for v in args.grid.lower().split("x"))
-        except ValueError:
-            raise CliError(f"--grid must be RxC (e.g. 2x2), got {args.grid!r}") from None
-    return {k: v for k, v in params.items() if v is not None}
-
-
 def cmd_decode(args) -> int:
+    modes = _modes(args.mode)
+    params, world = _check_decode(args, modes)
     from .runner import make_runner, under_torchrun
 
     job = _job(args)
-    modes = _modes(args.mode)
-    params = _strategy_params(args)
-    with make_runner(args.world or 1, args.device) as runner:
-        comparison = runner.compare(job, modes, progress=not args.no_progress, **params)
+    reference = modes != ["auto"]  # --mode auto alone never decodes full first
+    with make_runner(world, args.device) as runner:
+        comparison = runner.compare(job, modes, reference=reference, progress=not args.no_progress, **params)
         if under_torchrun() and not runner.is_main:
             return 0
     print(comparison.table())
@@ -168,7 +178,15 @@ def cmd_bench(args) -> int:
         name, size = item.split(":", 1)
         configs.append((get_preset(name.strip()).name, parse_size(size.strip())))
     modes = _modes(args.modes)
-    params = _strategy_params(args)
+    from . import checks
+
+    checks.check_device(args.device)
+    _positive_args(args, repeats=1, warmup=0)
+    params = checks.check_decode(model=configs[0][0], size=configs[0][1], modes=modes, world=2, tiny=args.tiny,
+                                 dtype=args.dtype, tile_px=args.tile_px, stride_px=args.stride_px,
+                                 tile_frames=args.tile_frames, halo_latent=args.halo_latent, grid=args.grid,
+                                 merge=args.merge, output=args.output, budget_gib=args.budget_gib,
+                                 under_torchrun=True) if configs else {}
     rows = []
     with make_runner(1, args.device) as runner:
         world = runner.world_size
@@ -191,15 +209,27 @@ def cmd_bench(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .pipeline.run import make_job
-    from .runner import make_runner, under_torchrun
 
     names = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "image", "weights", "dtype", "device",
              "sp", "cfg", "attention", "decode", "fused", "compile")
     kwargs = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     kwargs.update(size=args.size, tiny=args.tiny, progress=not args.no_progress)
-    make_job(args.pipeline, **kwargs)  # bad input fails here, before any process starts
-    with make_runner(args.world or 1, args.device) as runner:
+    from . import checks
+
+    kind = checks.check_device(args.device) or "cpu"
+    world = checks.check_world(args.world, kind)
+    if checks.under_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+    checks.check_out(args.out)
+    checks.check_weights(args.weights)
+    checks.check_generate(pipeline=args.pipeline, size=args.size, steps=args.steps, world=world, sp=args.sp,
+                          cfg=args.cfg, attention=args.attention, decode=args.decode, dtype=args.dtype,
+                          tiny=args.tiny, guidance_scale=args.guidance_scale)
+    from .pipeline.run import make_job
+    from .runner import make_runner, under_torchrun
+
+    make_job(args.pipeline, **kwargs)  # the remaining checks, before any process starts
+    with make_runner(world, args.device) as runner:
         result = runner.generate(args.pipeline, **kwargs)
         if under_torchrun() and not runner.is_main:
             return 0
@@ -210,6 +240,12 @@ def cmd_generate(args) -> int:
         paths = result.save(args.out)
         print(f"wrote {len(paths)} files to {args.out}")
     return 0
+
+
+def _positive_args(args, **minimums) -> None:
+    for name, minimum in minimums.items():
+        if getattr(args, name) < minimum:
+            raise CliError(f"--{name} must be >= {minimum}, got {getattr(args, name)}")
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,6 @@ workers rebuild the model and the latents from it instead of receiving tensors.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -359,8 +358,7 @@ class SpmdRunner(Runner):
         self.ctx.close()
 
 
-def under_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", 1)) > 1
+from .checks import under_torchrun  # noqa: E402
 
 
 def make_runner(world_size: int = 1, device: str | None = None) -> Runner:
