@@ -110,3 +110,18 @@ API_CASES = [
 def test_python_api_refuses_by_name(call, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
         call()
+
+
+def test_the_memory_guard_refuses_before_any_decode():
+    from workbench.runner import MemoryGuardError
+
+    with pytest.raises(MemoryGuardError, match=r"tiled: estimated .* GiB per rank > budget .*; strategies that fit"):
+        LocalRunner("cpu").compare(DecodeJob(size=(512, 512, 1)), ["tiled"], memory_budget_gib=0.001)
+
+
+def test_auto_alone_never_decodes_full_first(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "workbench", *D, "--size", "256x256", "--mode", "auto",
+                           "--budget-gib", "0.02", "--no-progress"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith(("full", "auto"))]
+    assert rows == ["auto->tiled"] and "no reference" in proc.stdout

@@ -250,15 +250,18 @@ def _positive_args(args, **minimums) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .models import ModelError
-    from .parallel.vae.plan import PlanError
-
     try:
         return args.handler(args)
-    except (CliError, ModelError, PlanError, ValueError, KeyError) as e:
+    except (ValueError, KeyError) as e:  # CliError, ModelError, PlanError, MemoryGuardError among them
         message = e.args[0] if e.args else str(e)
         print(f"workbench: error: {message}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a rank's error through a pool (RankError): its first line, then the details
+        if type(e).__name__ != "RankError":
+            raise
+        print(f"workbench: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(str(e), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -78,6 +78,10 @@ class DecodeJob:
         return f"{self.model}{' (tiny)' if self.tiny and not self.weights else ''} {size} {self.dtype}"
 
 
+class MemoryGuardError(ValueError):
+    """A requested strategy's estimated peak exceeds the budget: refused before any decode."""
+
+
 # ----------------------------------------------------------------------------------------- per rank
 
 _MODELS: dict = {}
@@ -165,6 +169,7 @@ def compare_on_ranks(ctx, job: DecodeJob, modes, params: dict | None = None, *, 
     from .report import Comparison
 
     modes = [m for m in dict.fromkeys(modes)]
+    requested = list(modes)
     for mode in modes:
         if mode not in STRATEGIES:
             raise ValueError(f"unknown mode {mode!r}; accepted: {', '.join(STRATEGIES)}")
@@ -174,14 +179,22 @@ def compare_on_ranks(ctx, job: DecodeJob, modes, params: dict | None = None, *, 
     vae = load_model(job, ctx.device)
     z = job.latents(ctx.device)
     check_latents(job.model, z)
-    budget = budget or budget_bytes(ctx)
+    given = (params or {}).get("memory_budget_gib")
+    budget = budget or (int(given * 2**30) if given else budget_bytes(ctx))  # --budget-gib binds every mode
     comparison = Comparison(job, world_size=ctx.world_size, budget_bytes=budget)
     world = _decode_group_size(ctx)
+    verdicts = {m: fits(vae, job, m, split_params(m, params or {}), world, budget) for m in modes}
+    asked = [m for m in modes if m != "full" or not reference or "full" in requested]
+    too_big = [m for m in asked if not verdicts[m][0]]
+    if too_big:  # the memory guard: refuse before any decode, naming what would fit
+        fitting = [m for m, (ok, _, _) in verdicts.items() if ok] or ["none: lower the size or add ranks"]
+        raise MemoryGuardError("; ".join(f"{m}: {verdicts[m][2]}" for m in too_big) +
+                               f"; strategies that fit: {', '.join(fitting)}")
     for mode in modes:
         mode_params = split_params(mode, params or {})
-        ok, need, why = fits(vae, job, mode, mode_params, world, budget)
+        ok, need, why = verdicts[mode]
         comparison.estimates[mode] = need
-        if not ok:
+        if not ok:  # the reference, when it was not asked for
             comparison.skipped[mode] = why
             continue
         times, result = [], None
@@ -372,4 +385,4 @@ def make_runner(world_size: int = 1, device: str | None = None) -> Runner:
     return LocalRunner(device)
 
 
-__all__ += ["RankFailure", "compare_task", "decode_task", "generate_task", "under_torchrun", "budget_bytes", "fits"]
+__all__ += ["MemoryGuardError", "RankFailure", "compare_task", "decode_task", "generate_task", "under_torchrun", "budget_bytes", "fits"]
