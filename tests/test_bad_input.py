@@ -24,7 +24,7 @@ CLI_CASES = [
     (D + ["--size", "8x16", "--mode", "shard", "--world", "2", "--grid", "2x1"], "has more rows/cols than the latent"),
     (D + ["--mode", "parallel_tiled", "--world", "2", "--merge", "bogus"], "--merge 'bogus' is not a merge mode; accepted: allgather"),
     (D + ["--mode", "shard", "--world", "2", "--gather", "bogus"], "--gather 'bogus' is not a shard output; accepted: rank0"),
-    (D + ["--mode", "shard", "--world", "64"], "--world 64 exceeds the"),
+    (D + ["--mode", "shard", "--world", "100000"], "--world 100000 exceeds the"),
     (D + ["--world", "0"], "--world must be >= 1"),
     (D + ["--world", "-1"], "--world must be >= 1"),
     (D + ["--mode", "all"], "runs over several ranks: add --world N"),

@@ -68,7 +68,8 @@ def test_a_failing_rank_is_raised_with_its_traceback(clusters):
         cluster.run(fail_task, 1, "boom")
     assert info.value.rank == 1 and "RuntimeError: boom on rank 1" in str(info.value)
     assert "fail_task" in info.value.traceback and time.monotonic() - t0 < 10
-    assert cluster.pids == pids, "every rank answered, so the pool is kept"
+    # every rank answered: gloo keeps the pool; NCCL restarts it (a collective may still be queued)
+    assert (cluster.pids == pids) == (DEVICE == "cpu")
     assert cluster.run(all_reduce_task, 0.0) == [1.0, 1.0]
 
 

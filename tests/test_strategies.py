@@ -44,6 +44,15 @@ def rel_error(out, ref):
     return ((out.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
 
 
+def same_tiles(out, serial) -> bool:
+    """parallel_tiled against serial tiled: bit for bit on the CPU. On GPUs the tiles are decoded in other
+    processes, on other GPUs, whose cuDNN may choose other convolution algorithms: float32 reduction order
+    only, SHARD_FP32_REL."""
+    if DEVICE == "cpu":
+        return torch.equal(out, serial)
+    return rel_error(out, serial) <= SHARD_FP32_REL
+
+
 def reference(job: DecodeJob) -> torch.Tensor:
     """diffusers' own `vae.decode(z).sample` on the test device, on the CPU."""
     job = job.on(DEVICE)
@@ -182,14 +191,14 @@ class TestParallelTiled:
         serial = run_local(job, "tiled", params).output
         for world in (2, 3):
             outs = clusters(world).run(rank_outputs_task, job, "parallel_tiled", params)
-            assert torch.equal(outs[0], serial), f"world {world}"
+            assert same_tiles(outs[0], serial), f"world {world}"
             for rank_out in outs[1:]:
                 if merge == "rank0-only":
                     assert rank_out is None
                 else:
-                    assert torch.equal(rank_out, serial)
+                    assert same_tiles(rank_out, serial)
         windows = clusters(2).decode(job, "parallel_tiled", **params, tile_frames=1)
-        assert torch.equal(windows.output, serial), "temporal windows gather per window, same output"
+        assert same_tiles(windows.output, serial), "temporal windows gather per window, same output"
 
     def test_balances_work(self, clusters):
         job = DecodeJob(model="qwen-image", size=(200, 136, 1))  # 25 x 17 latent: edge tiles differ in size
