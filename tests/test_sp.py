@@ -32,6 +32,9 @@ def _inputs(name: str):
     if name == "wan2.1":  # 3 x 3 x 5 = 45 tokens
         return dict(hidden_states=r(2, 16, 3, 6, 10), timestep=torch.tensor([700.0, 300.0]),
                     encoder_hidden_states=r(2, 9, 32), return_dict=False)
+    if name == "wan2.1-per-token":  # Wan2.2 TI2V's layout: a timestep per token, (B, S)
+        return dict(hidden_states=r(2, 16, 3, 6, 10), timestep=torch.rand(2, 45, generator=g) * 1000,
+                    encoder_hidden_states=r(2, 9, 32), return_dict=False)
     if name == "glm-image":  # 3 x 5 = 15 tokens
         return dict(hidden_states=r(2, 16, 6, 10), encoder_hidden_states=r(2, 5, 32),
                     prior_token_id=torch.randint(0, 64, (2, 15), generator=g),
@@ -48,7 +51,7 @@ def _inputs(name: str):
 def sp_task(ctx, name: str, sp: int, attention: str, native_a2a: bool = True):
     """(max |parallel - reference|, max |reference|) for one model on this rank."""
     use_dims(ctx, ParallelDims(ctx.world_size, sp=sp, cfg=ctx.world_size // sp))
-    model = build_transformer(get_spec(name), tiny=True, device=ctx.device)
+    model = build_transformer(get_spec(name.removesuffix("-per-token")), tiny=True, device=ctx.device)
     inputs = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in _inputs(name).items()}
     with torch.inference_mode():
         reference = model(**inputs)[0]
@@ -72,7 +75,7 @@ def cluster():
         yield c
 
 
-MODELS = ["qwen-image", "qwen-image-edit", "wan2.1", "glm-image"]
+MODELS = ["qwen-image", "qwen-image-edit", "wan2.1", "wan2.1-per-token", "glm-image"]
 
 
 @pytest.mark.slow

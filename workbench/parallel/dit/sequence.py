@@ -185,6 +185,7 @@ class _Plan:
     rotary: tuple[str, int]  # the rotary embedding argument
     rotary_dims: dict  # element of the rotary tuple -> its sequence dim
     per_token: dict = field(default_factory=dict)  # (name, index) -> (sequence dim, ndim it must have)
+    gather_before: str | None = None  # gather the tokens before this module (else after proj_out)
 
 
 PLANS = {
@@ -193,7 +194,8 @@ PLANS = {
         {("modulate_index", 6): (1, 2)}),
     "WanTransformer3DModel": _Plan(
         "blocks", "attn1", WanSPProcessor, ("hidden_states", 0), ("rotary_emb", 3), {0: 1, 1: 1},
-        {("temb", 2): (1, 4)}),  # Wan2.2 TI2V: a timestep per token, (B, S, 6, C)
+        {("temb", 2): (1, 4)},  # Wan2.2 TI2V: a timestep per token, (B, S, 6, C)
+        gather_before="norm_out"),  # its output modulation has a timestep per token too: full length there
     "GlmImageTransformer2DModel": _Plan(
         "transformer_blocks", "attn1", GlmImageSPProcessor, ("hidden_states", 0), ("image_rotary_emb", 3), {0: 0, 1: 0}),
 }
@@ -242,6 +244,15 @@ def _output_hook(state: SPState):
     return hook
 
 
+def _input_hook(state: SPState):
+    def hook(module, args):  # (B, S_local, C) -> (B, S, C), before a module that needs the whole sequence
+        shard, state.shard = state.shard, None
+        state.pieces.clear()
+        return (shard.unpad(all_gather_cat(args[0], 1, state.group), 1), *args[1:])
+
+    return hook
+
+
 def _plan(model) -> _Plan:
     for cls in type(model).__mro__:
         if cls.__name__ in PLANS:
@@ -275,7 +286,10 @@ def sequence_parallel(model, *, group, attention: str = "ulysses") -> torch.nn.M
         attn = getattr(block, plan.attention)
         state.processors[attn] = attn.processor
         attn.set_processor(plan.processor(state))
-    state.handles.append(model.proj_out.register_forward_hook(_output_hook(state)))
+    if plan.gather_before:
+        state.handles.append(getattr(model, plan.gather_before).register_forward_pre_hook(_input_hook(state)))
+    else:
+        state.handles.append(model.proj_out.register_forward_hook(_output_hook(state)))
     model._workbench_sp = state
     return model
 
