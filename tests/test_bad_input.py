@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from workbench.runner import Cluster, DecodeJob, LocalRunner
@@ -125,3 +126,21 @@ def test_auto_alone_never_decodes_full_first(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith(("full", "auto"))]
     assert rows == ["auto->tiled"] and "no reference" in proc.stdout
+
+
+def test_a_generation_that_cannot_fit_is_refused_before_building():
+    from workbench.pipeline.run import weight_bytes
+
+    proc = subprocess.run([sys.executable, "-m", "workbench", "generate", "--pipeline", "qwen-image", "--steps", "2",
+                           "--device", "cpu"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    from workbench.pipeline import make_job
+
+    need = weight_bytes(*make_job("qwen-image", tiny=False, steps=2))
+    assert need > 60 * 2**30  # 20B parameters in float32
+    if need > psutil.virtual_memory().available:  # true on any CI machine of this project (24 GiB)
+        assert proc.returncode == 2 and "weights alone need" in proc.stderr and "GiB per rank" in proc.stderr
+
+
+def test_the_recorded_stride_is_the_one_the_plan_used():
+    result = LocalRunner("cpu").decode(DecodeJob(size=(512, 512, 1)), "tiled", tile_px=256, stride_px=192)
+    assert result.params["stride_px"] == 128 and result.params["stride_px_requested"] == 192

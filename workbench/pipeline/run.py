@@ -204,10 +204,37 @@ class GenerationResult(RankSummary):
 _PIPELINES: dict = {}
 
 
+def weight_bytes(request: Request, options: Options) -> int:
+    """The transformer(s)' and the VAE's weights in the run's dtype, counted on the meta device."""
+    import diffusers
+
+    spec = get_spec(request.pipeline)
+    size = parse_dtype(options.dtype).itemsize
+    with torch.device("meta"):
+        model = getattr(diffusers, spec.transformer_class)(**spec.transformer_config(options.tiny))
+        count = sum(p.numel() for p in model.parameters()) * spec.experts
+    from ..models import count_parameters
+
+    return (count + count_parameters(spec.vae, tiny=options.tiny)) * size
+
+
+def check_memory(request: Request, options: Options, device) -> None:
+    """The memory guard of a generation: refuse, before building anything, weights that cannot fit."""
+    from ..parallel.vae.auto import default_budget_bytes
+    from ..runner import MemoryGuardError
+
+    need, budget = weight_bytes(request, options), default_budget_bytes(torch.device(device))
+    if need > budget:
+        raise MemoryGuardError(f"{request.pipeline}{' (tiny)' if options.tiny else ''} in {options.dtype}: its "
+                               f"weights alone need {need / 2**30:.1f} GiB per rank > {budget / 2**30:.1f} GiB free "
+                               f"on {device}; use --tiny, a smaller dtype, or a device with more memory")
+
+
 def load_pipeline(request: Request, options: Options, device):
     """The pipeline's components, built once per (pipeline, tiny, weights, dtype, device) in this process."""
     key = (request.pipeline, options.tiny, options.weights, options.dtype, str(device))
     if key not in _PIPELINES:
+        check_memory(request, options, device)
         _PIPELINES[key] = build_pipeline(request.pipeline, tiny=options.tiny, weights=options.weights,
                                          dtype=options.dtype, device=device)
     return _PIPELINES[key]

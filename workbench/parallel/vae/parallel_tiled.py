@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from . import MERGES  # noqa: E402
 from .blend import blend_into
 from .plan import frame_windows, plan_tiles
+from .tiled import used_stride
 
 
 def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192,
@@ -66,6 +67,7 @@ def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px
             result = comm.broadcast(result, src=0)
     work = plan.work_by_rank(comm.world_size)
     return result, plan, {"tiles": len(plan.items), "windows": len(windows), "merge": merge,
+                          **used_stride(plan, stride_px),
                           "imbalance": max(work) / (sum(work) / len(work)) if sum(work) else 1.0}
 
 

@@ -32,4 +32,12 @@ def decode_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 1
                 del pixels
                 bar.update()
     out = fd.finish(out.to(fd.dtype))
-    return out, plan, {"tiles": len(plan.items), "windows": len(windows)}
+    return out, plan, {"tiles": len(plan.items), "windows": len(windows), **used_stride(plan, stride_px)}
+
+
+def used_stride(plan, stride_px: int) -> dict:
+    """The strides the plan used (tiles are spread evenly, so up to `stride_px`), for the record."""
+    starts = sorted({t.rows.start for t in plan.items}) or [0]
+    cols = sorted({t.cols.start for t in plan.items}) or [0]
+    steps = [b - a for a, b in zip(starts, starts[1:])] + [b - a for a, b in zip(cols, cols[1:])]
+    return {"stride_px_requested": stride_px, "stride_px": max(steps, default=0) * plan.scale}
