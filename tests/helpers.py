@@ -49,3 +49,17 @@ def notebook_outputs(nb) -> list[dict]:
         if model.get("model_name") == "OutputModel":
             outputs += model.get("state", {}).get("outputs", [])
     return outputs
+
+
+def gone(pids, within_s: float = 10.0) -> bool:
+    """Every process in `pids` has exited (zombies count as gone) within `within_s` seconds."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+            return True
+        time.sleep(0.1)
+    return False

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 import torch
-from helpers import DEVICE, ranks_available, run_local
+from helpers import DEVICE, gone, ranks_available, run_local
 from rank_tasks import all_reduce_task, fail_task, hang_task, pid_task
 
 from workbench.parallel.dims import ParallelDims
@@ -19,15 +19,6 @@ from workbench.runner import Cluster, DecodeJob
 from workbench.runtime import ClusterError, RankError
 
 pytestmark = pytest.mark.slow
-
-
-def gone(pids, within_s=10.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_pool_is_reused_across_calls(clusters):

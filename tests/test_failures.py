@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import time
 
-import psutil
 import pytest
-from helpers import DEVICE, ranks_available
+from helpers import DEVICE, gone, ranks_available
 from rank_tasks import (
     all_reduce_task,
     failing_ar_task,
@@ -38,20 +37,11 @@ def pool():
         yield cluster
 
 
-def stopped(pids, within_s=10.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def recovered(pool, pids, t0, *, restarted: bool) -> None:
     """Within the time bound; the old workers gone if the pool had to restart; the next call exact."""
     assert time.monotonic() - t0 < WITHIN_S
     if restarted:
-        assert stopped(pids), "the ranks of a failed call are stopped, none left behind"
+        assert gone(pids), "the ranks of a failed call are stopped, none left behind"
     assert pool.run(all_reduce_task, 1.0) == [3.0, 3.0], "the next call pairs with no stale collective"
 
 

@@ -94,6 +94,18 @@ def check_ranks(latent, world: int, modes, grid=None) -> str:
     return ""
 
 
+def refused(panel, raise_errors: bool = False) -> bool:
+    """Validate a panel: with errors, mark them beside their controls, say so in the status and run nothing
+    (or raise, for scripted runs that asked to)."""
+    errors = panel.validate()
+    if not errors:
+        return False
+    panel.status.invalid(len(errors))
+    if raise_errors:
+        raise ValueError("; ".join(f"{k}: {v}" for k, v in errors.items()))
+    return True
+
+
 @dataclass
 class Field:
     """A control with its message shown beside it (red when the value is invalid)."""

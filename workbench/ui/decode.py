@@ -19,6 +19,7 @@ from .common import (
     check_size,
     check_tiles,
     compare_stepwise,
+    refused,
     show,
     size_options,
 )
@@ -266,11 +267,7 @@ class DecodeExplorer:
         """What Run does: validate, then decode with every selected strategy and draw the results in the
         panel. Invalid input runs nothing (the messages are beside the controls); a failure shows one line,
         the traceback in the collapsed details box, and closes the pool it ran on."""
-        errors = self.validate()
-        if errors:
-            self.status.invalid(len(errors))
-            if raise_errors:
-                raise ValueError("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        if refused(self, raise_errors):
             return None
         self.button.disabled = True
         self.error = None

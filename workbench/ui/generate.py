@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from ..models import SPECS, get_preset, get_spec, latent_shape
 from ..parallel.vae import STRATEGIES
-from .common import Field, Pools, Status, check_device, check_ranks, check_size, show, size_options, size_text
+from .common import (
+    Field,
+    Pools,
+    Status,
+    check_device,
+    check_ranks,
+    check_size,
+    refused,
+    show,
+    size_options,
+    size_text,
+)
 
 __all__ = ["GenerationPanel", "decode_line"]
 
@@ -161,11 +172,7 @@ class GenerationPanel:
     def run(self, raise_errors: bool = False):
         """What Run does: validate, generate on SP x CFG ranks, then draw the table, the output, the Gantt chart
         and the memory. A failure shows one line, the traceback in the collapsed details, and closes the pool."""
-        errors = self.validate()
-        if errors:
-            self.status.invalid(len(errors))
-            if raise_errors:
-                raise ValueError("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        if refused(self, raise_errors):
             return None
         self.button.disabled = True
         self.error = None

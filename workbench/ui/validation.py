@@ -26,6 +26,7 @@ from .common import (
     check_size,
     memory_info_task,
     on_ranks,
+    refused,
     release_memory_task,
     show,
 )
@@ -264,11 +265,7 @@ class ValidationPanel:
         return errors
 
     def run(self, raise_errors: bool = False):
-        errors = self.validate()
-        if errors:
-            self.status.invalid(len(errors))
-            if raise_errors:
-                raise ValueError("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        if refused(self, raise_errors):
             return None
         self.button.disabled = True
         self.error = None
