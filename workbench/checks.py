@@ -118,12 +118,21 @@ def _grid(grid) -> tuple[int, int] | None:
     return rows, cols
 
 
+def _dtype(dtype) -> None:
+    from .models.shapes import check_dtype
+
+    try:
+        check_dtype(dtype)
+    except ValueError as e:
+        raise BadInput(f"--dtype: {e}") from None
+
+
 def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool = True, dtype: str = "float32",
                  batch: int = 1, tile_px=None, stride_px=None, tile_frames=None, halo_latent=None, grid=None,
                  merge=None, output=None, budget_gib=None, under_torchrun: bool = False) -> dict:
     """Every decode argument against the preset, the latent and the ranks; the checked strategy parameters."""
     from .models.presets import ModelError, get_preset
-    from .models.shapes import check_dtype, latent_shape, parse_size
+    from .models.shapes import latent_shape, parse_size
     from .parallel.vae import MERGES, PARALLEL, SHARD_OUTPUTS, STRATEGIES
     from .parallel.vae.plan import PlanError, plan_patches, plan_shards, plan_tiles
 
@@ -134,10 +143,7 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
     bad = [m for m in modes if m not in STRATEGIES]
     if bad or not modes:
         raise BadInput(f"--mode: unknown mode {', '.join(bad) or 'none given'}; accepted: {', '.join(STRATEGIES)} or all")
-    try:
-        check_dtype(dtype)
-    except ValueError as e:
-        raise BadInput(f"--dtype: {e}") from None
+    _dtype(dtype)
     _positive("--batch", batch)
     _positive("--tile-frames", tile_frames)
     _positive("--halo", halo_latent, 0)
@@ -182,17 +188,14 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
 def check_generate(*, pipeline: str, size, steps: int, world: int, sp: int, cfg: int, attention: str,
                    decode: str, dtype: str, tiny: bool, guidance_scale=None) -> None:
     from .models.presets import get_preset
-    from .models.shapes import check_dtype, parse_size
+    from .models.shapes import parse_size
     from .models.specs import SPECS
     from .parallel.vae import STRATEGIES
 
     spec = SPECS.get(str(pipeline).lower())
     if spec is None:
         raise BadInput(f"--pipeline: unknown pipeline {pipeline!r}; accepted: {', '.join(SPECS)}")
-    try:
-        check_dtype(dtype)
-    except ValueError as e:
-        raise BadInput(f"--dtype: {e}") from None
+    _dtype(dtype)
     _positive("--steps", steps)
     if spec.name.startswith("qwen") and steps < 2:
         raise BadInput(f"--steps: {spec.name} needs steps >= 2 (its schedule ends at shift_terminal), got {steps}")

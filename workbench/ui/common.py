@@ -94,6 +94,31 @@ def check_ranks(latent, world: int, modes, grid=None) -> str:
     return ""
 
 
+def run_panel(panel, work, phases: int, pool: tuple | None, raise_errors: bool = False) -> bool:
+    """What Run does in every panel: validate (invalid input runs nothing: the messages are beside the
+    controls), disable the button, run `work()` with the status ticking through `phases`, show a failure as
+    one line with the traceback collapsed and drop the pool `(world, device)` it ran on (None: `work` looks
+    after its pool), and enable the button again. False when the input was refused."""
+    if refused(panel, raise_errors):
+        return False
+    panel.button.disabled = True
+    panel.error = None
+    try:
+        panel.status.start(phases)
+        work()
+        panel.status.done()
+    except Exception as e:  # shown in the panel; the user fixes the input and runs again
+        panel.error = e
+        panel.status.fail(e)
+        if pool is not None:
+            panel._pools.drop(*pool)
+        if raise_errors:
+            raise
+    finally:
+        panel.button.disabled = False
+    return True
+
+
 def refused(panel, raise_errors: bool = False) -> bool:
     """Validate a panel: with errors, mark them beside their controls, say so in the status and run nothing
     (or raise, for scripted runs that asked to)."""

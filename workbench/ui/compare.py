@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..parallel.vae import STRATEGIES
 from .common import compare_stepwise, show
-from .decode import DecodeExplorer, cost_figures
+from .decode import DecodeExplorer
 
 __all__ = ["StrategyComparer", "SWEEPS"]
 
@@ -108,29 +108,16 @@ class StrategyComparer(DecodeExplorer):
         self.status.phase("drawing the figures")
         self._draw()
 
-    def _draw(self) -> None:
-        from IPython.display import HTML, display
+    def _tables(self) -> list[str]:
+        if self.sweep.value == "off":
+            return super()._tables()
+        return [f"{self.sweep.value} = {x}\n{point.table()}" for x, point in self.points]
 
+    def _cost_figures(self) -> list:
         from .. import viz
 
-        c = self.comparison
-        with self.out_table:
-            if self.sweep.value != "off":
-                for x, point in self.points:
-                    display(HTML(f"<pre>{self.sweep.value} = {x}\n{point.table()}</pre>"))
-            else:
-                display(HTML(f"<pre>{c.table()}</pre>"))
-        frames = max((r.output.shape[2] for r in c.results.values() if r.output is not None and r.output.dim() == 5),
-                     default=1)
-        self.frame.max = max(frames - 1, 0)
-        self.frame.value = min(self.frame.value, self.frame.max)
-        self.frame.layout.display = "" if frames > 1 else "none"
-        self._draw_pictures()
-        with self.out_costs:
-            if self.sweep.value != "off":
-                show(viz.plot_sweep(self.points, self.sweep.value))
-            for fig in cost_figures(c):
-                show(fig)
+        sweep = [viz.plot_sweep(self.points, self.sweep.value)] if self.sweep.value != "off" else []
+        return sweep + super()._cost_figures()
 
     def _draw_pictures(self) -> None:
         """One picture per strategy, side by side (a grid that wraps with the page's width)."""

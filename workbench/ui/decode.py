@@ -19,7 +19,7 @@ from .common import (
     check_size,
     check_tiles,
     compare_stepwise,
-    refused,
+    run_panel,
     show,
     size_options,
 )
@@ -267,22 +267,8 @@ class DecodeExplorer:
         """What Run does: validate, then decode with every selected strategy and draw the results in the
         panel. Invalid input runs nothing (the messages are beside the controls); a failure shows one line,
         the traceback in the collapsed details box, and closes the pool it ran on."""
-        if refused(self, raise_errors):
+        if not run_panel(self, self._run, self.phases(), (self.sp.value, self.device.value), raise_errors):
             return None
-        self.button.disabled = True
-        self.error = None
-        try:
-            self.status.start(self.phases())
-            self._run()
-            self.status.done()
-        except Exception as e:  # shown in the panel; the user fixes the input and runs again
-            self.error = e
-            self.status.fail(e)
-            self._pools.drop(self.sp.value, self.device.value)
-            if raise_errors:
-                raise
-        finally:
-            self.button.disabled = False
         return self.result()
 
     def result(self):
@@ -305,7 +291,8 @@ class DecodeExplorer:
 
         c = self.comparison
         with self.out_table:
-            display(HTML(f"<pre>{c.table()}</pre>"))
+            for text in self._tables():
+                display(HTML(f"<pre>{text}</pre>"))
         frames = max((r.output.shape[2] for r in c.results.values() if r.output is not None and r.output.dim() == 5),
                      default=1)
         self.frame.max = max(frames - 1, 0)
@@ -313,8 +300,14 @@ class DecodeExplorer:
         self.frame.layout.display = "" if frames > 1 else "none"
         self._draw_pictures()
         with self.out_costs:
-            for fig in cost_figures(c):
+            for fig in self._cost_figures():
                 show(fig)
+
+    def _tables(self) -> list[str]:
+        return [self.comparison.table()]
+
+    def _cost_figures(self) -> list:
+        return cost_figures(self.comparison)
 
     def _draw_pictures(self) -> None:
         from .. import viz

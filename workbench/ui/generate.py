@@ -16,7 +16,7 @@ from .common import (
     check_device,
     check_ranks,
     check_size,
-    refused,
+    run_panel,
     show,
     size_options,
     size_text,
@@ -172,34 +172,24 @@ class GenerationPanel:
     def run(self, raise_errors: bool = False):
         """What Run does: validate, generate on SP x CFG ranks, then draw the table, the output, the Gantt chart
         and the memory. A failure shows one line, the traceback in the collapsed details, and closes the pool."""
-        if refused(self, raise_errors):
+        if not run_panel(self, self._run, 4, None, raise_errors):  # _run drops its pool only if generating fails
             return None
-        self.button.disabled = True
-        self.error = None
-        world, device = self.world_size, self.device.value
-        try:
-            self.status.start(4)
-            for out in (self.out_table, self.out_image, self.out_timeline):
-                out.clear_output()
-            runner = self._pools.get(world, device, self.status)
-            self.status.phase(f"building the pipeline and generating ({self.steps.value} steps) on {world} "
-                              f"rank{'s' if world > 1 else ''}")
-            try:
-                self.result = runner.generate(self.pipeline.value, **self.kwargs())
-            except BaseException:
-                self._pools.drop(world, device)  # no worker outlives a failed run
-                raise
-            self.status.phase("drawing the figures")
-            self._draw()
-            self.status.done()
-        except Exception as e:
-            self.error = e
-            self.status.fail(e)
-            if raise_errors:
-                raise
-        finally:
-            self.button.disabled = False
         return self.result
+
+    def _run(self) -> None:
+        world, device = self.world_size, self.device.value
+        for out in (self.out_table, self.out_image, self.out_timeline):
+            out.clear_output()
+        runner = self._pools.get(world, device, self.status)
+        self.status.phase(f"building the pipeline and generating ({self.steps.value} steps) on {world} "
+                          f"rank{'s' if world > 1 else ''}")
+        try:
+            self.result = runner.generate(self.pipeline.value, **self.kwargs())
+        except BaseException:
+            self._pools.drop(world, device)  # no worker outlives a failed run
+            raise
+        self.status.phase("drawing the figures")
+        self._draw()
 
     def _draw(self) -> None:
         import html

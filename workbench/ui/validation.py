@@ -26,8 +26,8 @@ from .common import (
     check_size,
     memory_info_task,
     on_ranks,
-    refused,
     release_memory_task,
+    run_panel,
     show,
 )
 
@@ -265,35 +265,25 @@ class ValidationPanel:
         return errors
 
     def run(self, raise_errors: bool = False):
-        if refused(self, raise_errors):
+        phases = 3 * len(self.models.value) + 2
+        if not run_panel(self, self._run, phases, (self.sp.value, self.device.value), raise_errors):
             return None
-        self.button.disabled = True
-        self.error = None
-        try:
-            self.status.start(3 * len(self.models.value) + 2)
-            for out in (self.out_table, self.out_plots):
-                out.clear_output()
-            self.table = validation_table(list(self.models.value), sp=self.sp.value, device=self.device.value,
-                                          image_size=self.image_size.value, video_size=self.video_size.value,
-                                          tiny=self.tiny.value, dtype=self.dtype.value, pools=self._pools,
-                                          status=self.status)
-            self.status.phase("drawing the figures")
-            from IPython.display import HTML, display
-
-            with self.out_table:
-                display(HTML(self.table.html()))
-            with self.out_plots:
-                show(plot_validation(self.table))
-            self.status.done()
-        except Exception as e:
-            self.error = e
-            self.status.fail(e)
-            self._pools.drop(self.sp.value, self.device.value)
-            if raise_errors:
-                raise
-        finally:
-            self.button.disabled = False
         return self.table
+
+    def _run(self) -> None:
+        from IPython.display import HTML, display
+
+        for out in (self.out_table, self.out_plots):
+            out.clear_output()
+        self.table = validation_table(list(self.models.value), sp=self.sp.value, device=self.device.value,
+                                      image_size=self.image_size.value, video_size=self.video_size.value,
+                                      tiny=self.tiny.value, dtype=self.dtype.value, pools=self._pools,
+                                      status=self.status)
+        self.status.phase("drawing the figures")
+        with self.out_table:
+            display(HTML(self.table.html()))
+        with self.out_plots:
+            show(plot_validation(self.table))
 
     def close(self) -> None:
         self._pools.close()
