@@ -3,6 +3,7 @@
 The tiny configs keep every structural feature of the real model (the same up stages, causal 3-D
 convs, mid-block attention where the real one has it, the same norm types, patchify) with few
 channels, so every decode strategy runs the same code paths on a laptop CPU as on the real model.
+The tiny widths are those of the trained weights in data/weights/ (workbench.models.trained).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Preset:
         return 4 if self.vae_class == "AutoencoderKL" else 5
 
 
-_WAN_TINY = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+_WAN_TINY = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -91,7 +92,7 @@ PRESETS: dict[str, Preset] = {
             config=dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, patch_size=2,
                         in_channels=12, out_channels=12, scale_factor_spatial=16, scale_factor_temporal=4,
                         latents_mean=list(_WAN22_MEAN), latents_std=list(_WAN22_STD)),
-            tiny_config=dict(base_dim=8, decoder_base_dim=16, z_dim=48, is_residual=True, patch_size=2,
+            tiny_config=dict(base_dim=16, decoder_base_dim=16, z_dim=48, is_residual=True, patch_size=2,
                              in_channels=12, out_channels=12, scale_factor_spatial=16, scale_factor_temporal=4,
                              num_res_blocks=2, latents_mean=list(_WAN22_MEAN), latents_std=list(_WAN22_STD)),
             latent_channels=48, spatial_ratio=16, temporal_ratio=4,
@@ -105,7 +106,7 @@ PRESETS: dict[str, Preset] = {
             name="qwen-image",
             vae_class="AutoencoderKLQwenImage",
             config={},
-            tiny_config=dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
+            tiny_config=dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
             latent_channels=16, spatial_ratio=8, temporal_ratio=4,
             latents_mean=_WAN21_MEAN, latents_std=_WAN21_STD,
             default_size=(1024, 1024, 1),
@@ -122,7 +123,7 @@ PRESETS: dict[str, Preset] = {
                         mid_block_add_attention=False, use_quant_conv=False, use_post_quant_conv=False,
                         force_upcast=True, sample_size=1024, scaling_factor=0.18215,
                         latents_mean=list(_GLM_MEAN), latents_std=list(_GLM_STD)),
-            tiny_config=dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[8, 16, 32, 32],
+            tiny_config=dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[16, 32, 64, 64],
                              layers_per_block=3, norm_num_groups=4, act_fn="silu",
                              down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                              mid_block_add_attention=False, use_quant_conv=False, use_post_quant_conv=False,

@@ -1,0 +1,321 @@
+"""Train the tiny VAE presets on the bundled photos and write the weights that ship in data/weights/.
+
+    python -m workbench.models.train --family wan --seconds 450 --out data/weights
+
+One run per architecture family (see trained.FAMILIES): `wan` (Wan2.1 / Wan2.2-A14B / Qwen-Image /
+Qwen-Image-Edit, one architecture), `wan22` (Wan2.2-TI2V-5B: 48 channels, 2x2 patches, 16x) and `glm`
+(GLM-Image's AutoencoderKL). The encoder and decoder learn together: L1 + MSE reconstruction plus a
+small KL term, AdamW, linear warm-up then cosine decay, bf16 autocast on CUDA. The video families
+see single photos (1 frame) and synthetic camera-motion clips (5 and 9 frames) at every step, so
+the causal temporal path learns too. `chelsea` and `coffee` are never trained on.
+
+A run is seeded. With `--seconds` it times its first steps and fixes the number of steps that fits;
+the card records it, and `--steps N` repeats that schedule exactly (GPU kernels may still differ in
+the last bits). Output: <family>.safetensors (fp16, whole VAE), <family>.json and <family>.md
+(the card), <family>_chelsea.png (input | reconstruction) and, for the video families, <family>_clip.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .photos import HELD_OUT, TrainingPhotos, load_photo, photo_to_size, synthetic_clip
+from .presets import get_preset
+from .trained import FAMILIES, psnr
+
+# Per family: image batch and crop size; clip batch, frame counts and size (video families only).
+DEFAULTS = {
+    "wan": dict(batch=24, size=192, clip_batch=4, clip_frames=(5, 9), clip_size=128),
+    "wan22": dict(batch=24, size=192, clip_batch=4, clip_frames=(5, 9), clip_size=128),
+    "glm": dict(batch=32, size=192, clip_batch=0, clip_frames=(), clip_size=0),
+}
+EVAL_CLIP = dict(frames=17, height=256, width=256, seed=0, min_scale=0.7)
+
+
+def build_tiny(family: str, seed: int = 0):
+    """The family's tiny VAE (its preset's tiny_config) with seeded random weights, float32, CPU."""
+    import diffusers
+
+    preset = get_preset(FAMILIES[family][0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = getattr(diffusers, preset.vae_class)(**preset.tiny_config)
+    return vae, preset
+
+
+def _is_video(preset) -> bool:
+    return preset.latent_ndim == 5
+
+
+def _step_loss(vae, x, kl_weight: float):
+    """x: (B, 3, H, W) or (B, 3, F, H, W) -> (loss, l1)."""
+    dist = vae.encode(x).latent_dist
+    z = dist.sample()
+    rec = vae.decode(z).sample
+    rec = rec.float()
+    l1 = (rec - x).abs().mean()
+    mse = ((rec - x) ** 2).mean()
+    kl = 0.5 * (dist.mean.float() ** 2 + dist.var.float() - 1.0 - dist.logvar.float()).mean()
+    return l1 + mse + kl_weight * kl, l1
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.02) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+@torch.no_grad()
+def evaluate(vae, family: str, device) -> tuple[dict, dict]:
+    """Held-out PSNR (dB) of `vae` (float32, eval mode): per photo at 256x256 and at its own size
+    cropped to multiples of 32, the training photo `astronaut` for comparison, and for the video
+    families a 17-frame synthetic pan-and-zoom clip of each held-out photo. Returns (metrics, pictures)."""
+    preset = get_preset(FAMILIES[family][0])
+    video = _is_video(preset)
+    out, pics = {}, {}
+
+    def run(x):  # x: (3, H, W) or (3, F, H, W)
+        inp = x[None].to(device)
+        if video and inp.dim() == 4:
+            inp = inp[:, :, None]
+        dist = vae.encode(inp).latent_dist
+        rec = vae.decode(dist.mode()).sample.float().clamp(-1, 1)
+        if video and x.dim() == 3:
+            rec = rec[:, :, 0]
+        return rec[0].cpu()
+
+    for name in (*HELD_OUT, "astronaut"):
+        img = load_photo(name)
+        for label, (h, w) in (("256", (256, 256)), ("full", (img.shape[1] // 32 * 32, img.shape[2] // 32 * 32))):
+            x = photo_to_size(img, h, w)
+            rec = run(x)
+            out[f"{name}_{label}"] = round(psnr(rec, x), 2)
+            if name == "chelsea" and label == "full":
+                pics["chelsea"] = torch.cat([x, rec], dim=2)
+        if video and name in HELD_OUT:
+            clip = synthetic_clip(img, EVAL_CLIP["frames"], EVAL_CLIP["height"], EVAL_CLIP["width"],
+                                  seed=EVAL_CLIP["seed"], min_scale=EVAL_CLIP["min_scale"])
+            rec = run(clip)
+            out[f"{name}_clip"] = round(psnr(rec, clip), 2)
+            out[f"{name}_clip_min_frame"] = round(min(psnr(rec[:, f], clip[:, f]) for f in range(clip.shape[1])), 2)
+            if name == "chelsea":
+                pics["clip"] = torch.cat([torch.cat(list(clip[:, ::4].permute(1, 0, 2, 3)), 2),
+                                          torch.cat(list(rec[:, ::4].permute(1, 0, 2, 3)), 2)], 1)
+    return out, pics
+
+
+def _save_png(t: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    arr = ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(arr).save(path)
+
+
+def train(family: str, *, seconds: float | None = 480, steps: int | None = None, out: str | Path = "data/weights",
+          seed: int = 0, lr: float = 1e-3, warmup: int = 100, kl_weight: float = 1e-5, device: str | None = None,
+          batch: int | None = None, size: int | None = None, clip_batch: int | None = None,
+          clip_size: int | None = None, log_every: int = 50) -> dict:
+    """Train one family and write its weights, card and pictures into `out`. Returns the card."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; accepted: {', '.join(FAMILIES)}")
+    t_start = time.time()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(seed)
+    cfg = dict(DEFAULTS[family])
+    if batch:
+        cfg["batch"] = batch
+    if size:
+        cfg["size"] = size
+    if clip_batch is not None and cfg["clip_batch"]:
+        cfg["clip_batch"] = clip_batch
+    if clip_size and cfg["clip_batch"]:
+        cfg["clip_size"] = clip_size
+    extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in
+                    (("batch", batch), ("size", size), ("clip_batch", clip_batch), ("clip_size", clip_size)) if v)
+    vae, preset = build_tiny(family, seed)
+    vae = vae.to(device).train()
+    n_params = sum(p.numel() for p in vae.parameters())
+    video = _is_video(preset)
+    data = TrainingPhotos(device=device, seed=seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=1e-4)
+    budget = None if seconds is None else seconds - min(25.0, 0.3 * seconds)  # time for evaluation and saving
+    total = steps
+    calib_at = 30
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[{family}] {preset.vae_class} tiny {json.dumps(_arch(preset))} params={n_params} device={device} "
+          f"photos={len(data.names)} cfg={cfg}", flush=True)
+
+    step, losses, stopped_by_time = 0, [], False
+    t0 = time.time()
+    t_calib = None
+    while True:
+        if total is not None and step >= total:
+            break
+        if budget is not None and time.time() - t_start > budget:
+            stopped_by_time = True
+            break
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, total or 10 ** 9, lr, warmup)
+        x = data.images_batch(cfg["batch"], cfg["size"])
+        if video:
+            x = x[:, :, None]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss, l1 = _step_loss(vae, x, kl_weight)
+            if video and cfg["clip_batch"]:
+                frames = cfg["clip_frames"][step % len(cfg["clip_frames"])]
+                clip = data.clips_batch(cfg["clip_batch"], frames, cfg["clip_size"])
+                closs, cl1 = _step_loss(vae, clip, kl_weight)
+                loss = loss + closs
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 10 == 0 or step < 10:
+            losses.append((step, float(l1.detach())))
+        if step == 5 and cuda:
+            torch.cuda.synchronize()
+            t_calib = time.time()
+        if total is None and step == calib_at + 5:
+            if cuda:
+                torch.cuda.synchronize()
+            rate = calib_at / (time.time() - (t_calib or t0))
+            remaining = budget - (time.time() - t_start) if budget is not None else 0
+            total = step + max(1, int(rate * remaining * 0.97))
+            print(f"[{family}] {rate:.2f} steps/s: training {total} steps", flush=True)
+        if step % log_every == 0:
+            print(f"[{family}] step {step}/{total} l1={float(l1):.4f} loss={float(loss):.4f} "
+                  f"lr={opt.param_groups[0]['lr']:.2e} t={time.time() - t_start:.0f}s", flush=True)
+    train_seconds = time.time() - t0
+
+    # Ship fp16; evaluate the shipped (rounded) weights in float32.
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in vae.state_dict().items()}
+    weights = out / f"{family}.safetensors"
+    save_file(state, str(weights), metadata={"family": family, "preset": preset.name, "class": preset.vae_class,
+                                             "tiny_config": json.dumps(preset.tiny_config)})
+    vae.load_state_dict({k: v.float() for k, v in state.items()})
+    vae.eval()
+    metrics, pics = evaluate(vae, family, device)
+    _save_png(pics["chelsea"], out / f"{family}_chelsea.png")
+    if "clip" in pics:
+        _save_png(pics["clip"], out / f"{family}_clip.png")
+
+    last = [v for _, v in losses[-20:]]
+    card = {
+        "family": family,
+        "presets": list(FAMILIES[family][1]),
+        "vae_class": preset.vae_class,
+        "architecture": _arch(preset),
+        "parameters": n_params,
+        "file": weights.name,
+        "file_bytes": weights.stat().st_size,
+        "dtype": "float16",
+        "data": {"train_photos": list(data.names), "held_out": list(HELD_OUT),
+                 "sources": "scikit-image skimage/data and matplotlib sample_data (bundled files only)",
+                 "augmentation": "random windows (whole short side down to 1/4), horizontal flips, brightness "
+                                 "+-0.1, contrast +-15%, saturation +-20%, hue +-0.15 rad; colour photos 3x as "
+                                 "likely as greys",
+                 "images": f"batch {cfg['batch']} of {cfg['size']}x{cfg['size']} crops per step",
+                 "clips": (f"batch {cfg['clip_batch']} of {cfg['clip_size']}x{cfg['clip_size']} camera-motion clips "
+                           f"(pan up to 0.4 window heights, zoom up to 1.3x) of {list(cfg['clip_frames'])} frames, "
+                           "alternating, per step" if video else None)},
+        "training": {"steps": step, "seconds": round(train_seconds, 1), "stopped_by_time": stopped_by_time,
+                     "seed": seed, "lr": lr, "warmup": warmup, "schedule": "linear warm-up, cosine to 2% of peak",
+                     "optimizer": "AdamW(betas=(0.9, 0.99), weight_decay=1e-4), grad clip 1.0",
+                     "loss": f"L1 + MSE + {kl_weight:g} * KL (means over elements)",
+                     "precision": "bf16 autocast" if cuda else "float32",
+                     "final_l1": round(sum(last) / max(1, len(last)), 5),
+                     "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+                     "torch": torch.__version__},
+        "psnr_db": metrics,
+        "psnr_note": "PSNR = 10 log10(4 / MSE) on [-1, 1] pictures, posterior mean decoded, fp16 weights run in "
+                     "float32; '256': 256x256 resize+centre crop; 'full': own size cropped to multiples of 32 "
+                     "(chelsea 288x448, coffee 384x576); 'clip': 17-frame 256x256 pan-and-zoom clip "
+                     f"({EVAL_CLIP}), PSNR over all frames, and its worst frame",
+        "command": " ".join(["python -m workbench.models.train", *sys.argv[1:]]) if sys.argv[1:] else None,
+        "reproduce": (f"python -m workbench.models.train --family {family} --steps {step} --seed {seed} "
+                      f"--out {out}{extra}"),
+    }
+    (out / f"{family}.json").write_text(json.dumps(card, indent=1) + "\n")
+    (out / f"{family}.md").write_text(card_markdown(card))
+    print(f"[{family}] done: {json.dumps(metrics)}", flush=True)
+    return card
+
+
+def _arch(preset) -> dict:
+    keys = ("base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks", "patch_size", "is_residual",
+            "block_out_channels", "layers_per_block", "norm_num_groups", "latent_channels")
+    return {k: preset.tiny_config[k] for k in keys if k in preset.tiny_config}
+
+
+def card_markdown(card: dict) -> str:
+    m = card["psnr_db"]
+    t = card["training"]
+    rows = "\n".join(f"| {k} | {v} |" for k, v in m.items())
+    return f"""# Tiny {card['vae_class']} weights: family `{card['family']}`
+
+Serves the tiny presets {', '.join(f'`{p}`' for p in card['presets'])} (their `tiny_config` in
+`workbench/models/presets.py`). The whole VAE, encoder and decoder, in {card['dtype']}:
+`{card['file']}`, {card['file_bytes'] / 1e6:.2f} MB, {card['parameters']:,} parameters.
+
+- Architecture (tiny config): `{json.dumps(card['architecture'])}`
+- Data: {len(card['data']['train_photos'])} bundled photos ({card['data']['sources']}):
+  {', '.join(card['data']['train_photos'])}. Never trained on: {', '.join(card['data']['held_out'])}.
+- Augmentation: {card['data']['augmentation']}.
+- Per step: {card['data']['images']}{'; ' + card['data']['clips'] if card['data']['clips'] else ''}.
+- Training: {t['steps']} steps in {t['seconds']} s on {t['device']} (torch {t['torch']}), seed {t['seed']},
+  {t['optimizer']}, peak LR {t['lr']} ({t['schedule']}, {t['warmup']} warm-up steps), {t['loss']},
+  {t['precision']}. Final training L1 (mean of the last logged steps): {t['final_l1']}.
+- Command: `{card['command']}`
+- Reproduce the same schedule: `{card['reproduce']}`
+
+## Held-out PSNR (dB)
+
+{card['psnr_note']}.
+
+| picture | PSNR |
+| --- | --- |
+{rows}
+"""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workbench.models.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", required=True, choices=sorted(FAMILIES))
+    parser.add_argument("--seconds", type=float, default=480, help="wall-clock budget, evaluation included")
+    parser.add_argument("--steps", type=int, default=None, help="a fixed number of steps (overrides --seconds)")
+    parser.add_argument("--out", default=os.path.join("data", "weights"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=None, help="image batch (default per family)")
+    parser.add_argument("--size", type=int, default=None, help="image crop size (default per family)")
+    parser.add_argument("--clip-batch", type=int, default=None, help="clip batch (video families)")
+    parser.add_argument("--clip-size", type=int, default=None, help="clip crop size (video families)")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    train(args.family, seconds=None if args.steps else args.seconds, steps=args.steps, out=args.out, seed=args.seed,
+          lr=args.lr, device=args.device, batch=args.batch, size=args.size, clip_batch=args.clip_batch,
+          clip_size=args.clip_size)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
