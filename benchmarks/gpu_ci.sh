@@ -6,9 +6,10 @@
 set -uo pipefail
 gpus=${1:-1}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-if [ -d .gpuwhl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpuwhl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+if [ -d .gpuwhl ] && [ ! -d /tmp/site/diffusers ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpuwhl/*.whl
 fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site:$PWD
 export PYTHONPATH=${PYTHONPATH:-$PWD} WORKBENCH_TEST_DEVICE=cuda MPLBACKEND=Agg PYTHONUNBUFFERED=1
 python3 -m ipykernel install --user --name python3 >/dev/null 2>&1
 log="$out/gpu_tests_${gpus}gpu.log"

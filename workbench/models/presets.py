@@ -3,12 +3,14 @@
 The tiny configs keep every structural feature of the real model (the same up stages, causal 3-D
 convs, mid-block attention where the real one has it, the same norm types, patchify) with few
 channels, so every decode strategy runs the same code paths on a laptop CPU as on the real model.
-The tiny widths are those of the trained weights in data/weights/ (workbench.models.trained).
+Two tiny widths: `tiny_config` is the narrow one the strategy tests run with seeded random weights;
+`trained_config` widens it to the architecture of the trained weights in data/weights/
+(workbench.models.trained), which `build_vae(name, tiny=True)` loads by default.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 # The Wan2.1 VAE latents statistics (also the diffusers defaults of AutoencoderKLWan and AutoencoderKLQwenImage).
 _WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -59,6 +61,12 @@ class Preset:
     source: str  # where the real config was checked
     pipeline: str = ""  # diffusers pipeline the VAE belongs to
     notes: str = ""
+    trained_widths: dict = field(default_factory=dict)  # tiny_config keys the trained weights widen
+
+    @property
+    def trained_config(self) -> dict:
+        """The tiny architecture of the trained weights in data/weights/: tiny_config, wider."""
+        return {**self.tiny_config, **self.trained_widths}
 
     @property
     def is_video(self) -> bool:
@@ -70,7 +78,7 @@ class Preset:
         return 4 if self.vae_class == "AutoencoderKL" else 5
 
 
-_WAN_TINY = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+_WAN_TINY = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -80,6 +88,7 @@ PRESETS: dict[str, Preset] = {
             vae_class="AutoencoderKLWan",
             config={},  # diffusers defaults are the Wan2.1 VAE
             tiny_config=dict(_WAN_TINY),
+            trained_widths=dict(base_dim=16),
             latent_channels=16, spatial_ratio=8, temporal_ratio=4,
             latents_mean=_WAN21_MEAN, latents_std=_WAN21_STD,
             default_size=(480, 832, 81),
@@ -92,9 +101,10 @@ PRESETS: dict[str, Preset] = {
             config=dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, patch_size=2,
                         in_channels=12, out_channels=12, scale_factor_spatial=16, scale_factor_temporal=4,
                         latents_mean=list(_WAN22_MEAN), latents_std=list(_WAN22_STD)),
-            tiny_config=dict(base_dim=16, decoder_base_dim=16, z_dim=48, is_residual=True, patch_size=2,
+            tiny_config=dict(base_dim=8, decoder_base_dim=16, z_dim=48, is_residual=True, patch_size=2,
                              in_channels=12, out_channels=12, scale_factor_spatial=16, scale_factor_temporal=4,
                              num_res_blocks=2, latents_mean=list(_WAN22_MEAN), latents_std=list(_WAN22_STD)),
+            trained_widths=dict(base_dim=16),
             latent_channels=48, spatial_ratio=16, temporal_ratio=4,
             latents_mean=_WAN22_MEAN, latents_std=_WAN22_STD,
             default_size=(704, 1280, 121),
@@ -106,7 +116,8 @@ PRESETS: dict[str, Preset] = {
             name="qwen-image",
             vae_class="AutoencoderKLQwenImage",
             config={},
-            tiny_config=dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
+            tiny_config=dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
+            trained_widths=dict(base_dim=16),
             latent_channels=16, spatial_ratio=8, temporal_ratio=4,
             latents_mean=_WAN21_MEAN, latents_std=_WAN21_STD,
             default_size=(1024, 1024, 1),
@@ -123,11 +134,12 @@ PRESETS: dict[str, Preset] = {
                         mid_block_add_attention=False, use_quant_conv=False, use_post_quant_conv=False,
                         force_upcast=True, sample_size=1024, scaling_factor=0.18215,
                         latents_mean=list(_GLM_MEAN), latents_std=list(_GLM_STD)),
-            tiny_config=dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[16, 32, 64, 64],
+            tiny_config=dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[8, 16, 32, 32],
                              layers_per_block=3, norm_num_groups=4, act_fn="silu",
                              down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                              mid_block_add_attention=False, use_quant_conv=False, use_post_quant_conv=False,
                              latents_mean=list(_GLM_MEAN), latents_std=list(_GLM_STD)),
+            trained_widths=dict(block_out_channels=[16, 32, 64, 64]),
             latent_channels=16, spatial_ratio=8, temporal_ratio=None,
             latents_mean=_GLM_MEAN, latents_std=_GLM_STD,
             default_size=(1024, 1024, 1),

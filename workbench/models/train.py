@@ -34,21 +34,21 @@ from .trained import FAMILIES, psnr
 
 # Per family: image batch and crop size; clip batch, frame counts and size (video families only).
 DEFAULTS = {
-    "wan": dict(batch=24, size=192, clip_batch=4, clip_frames=(5, 9), clip_size=128),
-    "wan22": dict(batch=24, size=192, clip_batch=4, clip_frames=(5, 9), clip_size=128),
-    "glm": dict(batch=32, size=192, clip_batch=0, clip_frames=(), clip_size=0),
+    "wan": dict(batch=32, size=192, clip_batch=3, clip_frames=(9, 17), clip_size=128),
+    "wan22": dict(batch=32, size=192, clip_batch=3, clip_frames=(9, 17), clip_size=128),
+    "glm": dict(batch=48, size=192, clip_batch=0, clip_frames=(), clip_size=0),
 }
 EVAL_CLIP = dict(frames=17, height=256, width=256, seed=0, min_scale=0.7)
 
 
 def build_tiny(family: str, seed: int = 0):
-    """The family's tiny VAE (its preset's tiny_config) with seeded random weights, float32, CPU."""
+    """The family's trained tiny architecture (its preset's trained_config), seeded random weights, float32, CPU."""
     import diffusers
 
     preset = get_preset(FAMILIES[family][0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = getattr(diffusers, preset.vae_class)(**preset.tiny_config)
+        vae = getattr(diffusers, preset.vae_class)(**preset.trained_config)
     return vae, preset
 
 
@@ -68,11 +68,14 @@ def _step_loss(vae, x, kl_weight: float):
     return l1 + mse + kl_weight * kl, l1
 
 
-def _lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.02) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+def _lr_at(step: int, progress: float, peak: float, warmup: int, floor: float = 0.02) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from `peak` to `floor * peak` as progress goes 0 -> 1.
+
+    `progress` is the fraction of the time budget spent (with --seconds) or of the steps (with --steps),
+    so a run stopped by its budget has always finished its decay."""
+    ramp = min(1.0, (step + 1) / warmup)
+    p = min(1.0, max(0.0, progress))
+    return peak * ramp * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
 @torch.no_grad()
@@ -153,33 +156,28 @@ def train(family: str, *, seconds: float | None = 480, steps: int | None = None,
     video = _is_video(preset)
     data = TrainingPhotos(device=device, seed=seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=1e-4)
-    budget = None if seconds is None else seconds - min(25.0, 0.3 * seconds)  # time for evaluation and saving
-    total = steps
-    calib_at = 30
+    budget = None if seconds is None else seconds - min(30.0, 0.3 * seconds)  # time for evaluation and saving
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[{family}] {preset.vae_class} tiny {json.dumps(_arch(preset))} params={n_params} device={device} "
           f"photos={len(data.names)} cfg={cfg}", flush=True)
 
-    step, losses, stopped_by_time = 0, [], False
+    def progress() -> float:
+        return step / steps if steps else (time.time() - t_start) / budget
+
+    step, losses = 0, []
     t0 = time.time()
-    t_calib = None
-    while True:
-        if total is not None and step >= total:
-            break
-        if budget is not None and time.time() - t_start > budget:
-            stopped_by_time = True
-            break
+    while progress() < 1.0:
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, total or 10 ** 9, lr, warmup)
-        x = data.images_batch(cfg["batch"], cfg["size"])
+            g["lr"] = _lr_at(step, progress(), lr, warmup)
+        x = data.images_batch(cfg["batch"], cfg["size"])  # (B, 3, S, S)
         if video:
-            x = x[:, :, None]
+            x = x[:, :, None]  # (B, 3, 1, S, S): one frame
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             loss, l1 = _step_loss(vae, x, kl_weight)
             if video and cfg["clip_batch"]:
                 frames = cfg["clip_frames"][step % len(cfg["clip_frames"])]
-                clip = data.clips_batch(cfg["clip_batch"], frames, cfg["clip_size"])
+                clip = data.clips_batch(cfg["clip_batch"], frames, cfg["clip_size"])  # (b, 3, F, s, s)
                 closs, cl1 = _step_loss(vae, clip, kl_weight)
                 loss = loss + closs
         opt.zero_grad(set_to_none=True)
@@ -189,18 +187,8 @@ def train(family: str, *, seconds: float | None = 480, steps: int | None = None,
         step += 1
         if step % 10 == 0 or step < 10:
             losses.append((step, float(l1.detach())))
-        if step == 5 and cuda:
-            torch.cuda.synchronize()
-            t_calib = time.time()
-        if total is None and step == calib_at + 5:
-            if cuda:
-                torch.cuda.synchronize()
-            rate = calib_at / (time.time() - (t_calib or t0))
-            remaining = budget - (time.time() - t_start) if budget is not None else 0
-            total = step + max(1, int(rate * remaining * 0.97))
-            print(f"[{family}] {rate:.2f} steps/s: training {total} steps", flush=True)
         if step % log_every == 0:
-            print(f"[{family}] step {step}/{total} l1={float(l1):.4f} loss={float(loss):.4f} "
+            print(f"[{family}] step {step} ({progress():.0%}) l1={float(l1):.4f} loss={float(loss):.4f} "
                   f"lr={opt.param_groups[0]['lr']:.2e} t={time.time() - t_start:.0f}s", flush=True)
     train_seconds = time.time() - t0
 
@@ -210,7 +198,7 @@ def train(family: str, *, seconds: float | None = 480, steps: int | None = None,
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in vae.state_dict().items()}
     weights = out / f"{family}.safetensors"
     save_file(state, str(weights), metadata={"family": family, "preset": preset.name, "class": preset.vae_class,
-                                             "tiny_config": json.dumps(preset.tiny_config)})
+                                             "trained_config": json.dumps(preset.trained_config)})
     vae.load_state_dict({k: v.float() for k, v in state.items()})
     vae.eval()
     metrics, pics = evaluate(vae, family, device)
@@ -237,8 +225,9 @@ def train(family: str, *, seconds: float | None = 480, steps: int | None = None,
                  "clips": (f"batch {cfg['clip_batch']} of {cfg['clip_size']}x{cfg['clip_size']} camera-motion clips "
                            f"(pan up to 0.4 window heights, zoom up to 1.3x) of {list(cfg['clip_frames'])} frames, "
                            "alternating, per step" if video else None)},
-        "training": {"steps": step, "seconds": round(train_seconds, 1), "stopped_by_time": stopped_by_time,
-                     "seed": seed, "lr": lr, "warmup": warmup, "schedule": "linear warm-up, cosine to 2% of peak",
+        "training": {"steps": step, "seconds": round(train_seconds, 1),
+                     "schedule_by": "time budget" if not steps else "steps",
+                     "seed": seed, "lr": lr, "warmup": warmup, "schedule": "linear warm-up, then cosine to 2% of peak over the budget",
                      "optimizer": "AdamW(betas=(0.9, 0.99), weight_decay=1e-4), grad clip 1.0",
                      "loss": f"L1 + MSE + {kl_weight:g} * KL (means over elements)",
                      "precision": "bf16 autocast" if cuda else "float32",
@@ -263,7 +252,7 @@ def train(family: str, *, seconds: float | None = 480, steps: int | None = None,
 def _arch(preset) -> dict:
     keys = ("base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks", "patch_size", "is_residual",
             "block_out_channels", "layers_per_block", "norm_num_groups", "latent_channels")
-    return {k: preset.tiny_config[k] for k in keys if k in preset.tiny_config}
+    return {k: preset.trained_config[k] for k in keys if k in preset.trained_config}
 
 
 def card_markdown(card: dict) -> str:
@@ -272,7 +261,7 @@ def card_markdown(card: dict) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in m.items())
     return f"""# Tiny {card['vae_class']} weights: family `{card['family']}`
 
-Serves the tiny presets {', '.join(f'`{p}`' for p in card['presets'])} (their `tiny_config` in
+Serves the tiny presets {', '.join(f'`{p}`' for p in card['presets'])} (their `trained_config` in
 `workbench/models/presets.py`). The whole VAE, encoder and decoder, in {card['dtype']}:
 `{card['file']}`, {card['file_bytes'] / 1e6:.2f} MB, {card['parameters']:,} parameters.
 
