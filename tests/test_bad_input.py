@@ -129,16 +129,17 @@ def test_auto_alone_never_decodes_full_first(tmp_path):
 
 
 def test_a_generation_that_cannot_fit_is_refused_before_building():
-    from workbench.pipeline.run import weight_bytes
-
-    proc = subprocess.run([sys.executable, "-m", "workbench", "generate", "--pipeline", "qwen-image", "--steps", "2",
-                           "--device", "cpu"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     from workbench.pipeline import make_job
+    from workbench.pipeline.run import weight_bytes
 
     need = weight_bytes(*make_job("qwen-image", tiny=False, steps=2))
     assert need > 60 * 2**30  # 20B parameters in float32
-    if need > psutil.virtual_memory().available:  # true on any CI machine of this project (24 GiB)
-        assert proc.returncode == 2 and "weights alone need" in proc.stderr and "GiB per rank" in proc.stderr
+    free = psutil.virtual_memory().available
+    if need <= free:  # a GPU host with 512 GiB would start a real-size CPU generation
+        pytest.skip(f"this machine holds the real-size weights ({free / 2**30:.0f} GiB free)")
+    proc = subprocess.run([sys.executable, "-m", "workbench", "generate", "--pipeline", "qwen-image", "--steps", "2",
+                           "--device", "cpu"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "weights alone need" in proc.stderr and "GiB per rank" in proc.stderr
 
 
 def test_the_recorded_stride_is_the_one_the_plan_used():
