@@ -123,6 +123,12 @@ def test_lse_merge_equals_full_softmax():
                                                                               1)[:, None, None, :])
     out, _ = merge_lse(*attention_lse(q, k, v), *attention_lse(q, k2, v2, mask))
     torch.testing.assert_close(out, full, rtol=SP_TOL, atol=SP_TOL)
+    # two blocks whose keys are all masked (a rank's text piece of masked tokens): (0, -inf), not NaN
+    none = torch.zeros(2, 7, dtype=torch.bool)
+    empty = merge_lse(*attention_lse(q, k2, v2, none), *attention_lse(q, k2, v2, none))
+    assert torch.equal(empty[0], torch.zeros_like(q)) and bool(torch.isneginf(empty[1]).all())
+    again, _ = merge_lse(*empty, *merge_lse(*attention_lse(q, k, v), *attention_lse(q, k2, v2, mask)))
+    torch.testing.assert_close(again, full, rtol=SP_TOL, atol=SP_TOL)
 
 
 def test_unknown_model_and_method_are_refused():

@@ -110,11 +110,13 @@ def _math_lse(q, k, v, key_mask=None):
 
 
 def merge_lse(out, lse, out_b, lse_b):
-    """Combine two attention results over disjoint key sets (online softmax), float32."""
+    """Combine two attention results over disjoint key sets (online softmax), float32. A row that has no
+    key in either (lse -inf in both: every key masked) stays (0, -inf) instead of becoming NaN."""
     if out is None:
         return out_b, lse_b
     new = torch.logaddexp(lse, lse_b)
-    return out * (lse - new).exp().unsqueeze(-1) + out_b * (lse_b - new).exp().unsqueeze(-1), new
+    ref = torch.where(torch.isneginf(new), torch.zeros_like(new), new)  # = new wherever any key was seen
+    return out * (lse - ref).exp().unsqueeze(-1) + out_b * (lse_b - ref).exp().unsqueeze(-1), new
 
 
 # ---------------------------------------------------------------------------------------------- Ulysses
