@@ -1,17 +1,26 @@
 """Sequence parallelism reproduces the single-device diffusers transformers (tiny configs, float32, gloo).
 
-SP=2 and SP=4 on four CPU ranks (SP=2 as two groups of two), Ulysses and ring, against the unmodified
-model on the same inputs. Image token counts are chosen not to divide by 2 or 4, so padding and the
-last rank's short shard are exercised; Qwen-Image gets a text mask with masked tokens.
+SP=2 and SP=4 on four CPU ranks (SP=2 as two groups of two), SP=3 on three (with 6 heads, so Ulysses can
+split them), Ulysses and ring, against the unmodified model on the same inputs. Image token counts (15;
+15 + 4 for Qwen-Image-Edit) and text lengths (Qwen-Image 7, GLM-Image 5) are chosen so that padding of
+both streams and the last ranks' short shards are exercised (no text length divides by 2, 3 or 4; at SP=4
+GLM-Image's last rank holds no real text token); Qwen-Image gets a text mask with masked tokens (at SP=3
+and 4 one rank's whole text piece is masked in one sample). The text stream of Qwen-Image and GLM-Image
+is sharded too: each rank's text-stream layers see ceil(T/SP) tokens, not T (checked by forward hooks on
+them in every parallel run).
 
 Tolerance: float32, `SP_TOL = 1e-5` relative to the output scale (values of order 1). The parallel model
 computes the same sums in another order: the ring splits each softmax into per-block softmaxes merged by
-log-sum-exp, and GEMMs see fewer rows, which can change their blocking; each is a float32 rounding
-difference (~1e-7 relative). Measured here: Ulysses 0 (bitwise equal: every head still sees the whole
-sequence in one attention call), ring <= 5e-7. Counting the text keys twice gives 2e-2.
+log-sum-exp, and GEMMs see fewer rows (image and now text pieces), which can change their blocking; each
+is a float32 rounding difference (~1e-7 relative). Measured here (max abs error over ranks): Wan Ulysses 0
+(bitwise: every head still sees the whole sequence in one attention call), Qwen-Image and GLM-Image
+Ulysses <= 6e-7 (the text layers' GEMMs now see ceil(T/SP) rows), ring <= 7.2e-7 on every
+model. A padded text token used as a key, or the text mask ignored, gives 1e-2 to 2e-2.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -42,28 +51,54 @@ def _inputs(name: str):
                     target_size=torch.tensor([[48.0, 80.0]] * 2), crop_coords=torch.zeros(2, 2), return_dict=False)
     mask = torch.ones(2, 7, dtype=torch.bool)
     mask[1, 5:] = False
-    shapes = [[(1, 3, 5)]] * 2 if name == "qwen-image" else [[(1, 3, 5), (1, 2, 3)]] * 2  # 15 / 15 + 6 tokens
+    shapes = [[(1, 3, 5)]] * 2 if name == "qwen-image" else [[(1, 3, 5), (1, 2, 2)]] * 2  # 15 / 15 + 4 tokens
     tokens = sum(a * b * c for a, b, c in shapes[0])
     return dict(hidden_states=r(2, tokens, 64), encoder_hidden_states=r(2, 7, 32), encoder_hidden_states_mask=mask,
                 timestep=torch.tensor([0.7, 0.2]), img_shapes=shapes, return_dict=False)
 
 
-def sp_task(ctx, name: str, sp: int, attention: str, native_a2a: bool = True):
-    """(max |parallel - reference|, max |reference|) for one model on this rank."""
+# the per-token layers of the text stream in each block: (B, tokens, C) in, tokens counted
+TEXT_LAYERS = {"QwenImageTransformer2DModel": ("txt_norm1", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+                                               "attn.to_add_out", "txt_norm2", "txt_mlp"),
+               "GlmImageTransformer2DModel": ("norm1.norm_context", "norm2_context")}
+
+
+def _count_text_tokens(model) -> tuple[list[int], list]:
+    """Forward hooks recording the token count of every call of a text-stream layer: (counts, handles)."""
+    counts, handles = [], []
+    for block in getattr(model, "transformer_blocks", []):
+        for path in TEXT_LAYERS.get(type(model).__name__, ()):
+            layer = block.get_submodule(path)
+            handles.append(layer.register_forward_hook(lambda m, args, out: counts.append(args[0].shape[1])))
+    return counts, handles
+
+
+def sp_task(ctx, name: str, sp: int, attention: str, native_a2a: bool = True, heads: int | None = None):
+    """(max |parallel - reference|, max |reference|, repeatable, restored, text tokens per call of each
+    text-stream layer at SP=1 and parallel, output) for one model on this rank."""
     use_dims(ctx, ParallelDims(ctx.world_size, sp=sp, cfg=ctx.world_size // sp))
-    model = build_transformer(get_spec(name.removesuffix("-per-token")), tiny=True, device=ctx.device)
+    spec = get_spec(name.removesuffix("-per-token"))
+    if heads:  # the same tiny model with another head count (Ulysses at SP=3)
+        spec = replace(spec, tiny_transformer=dict(spec.tiny_transformer, num_attention_heads=heads))
+    model = build_transformer(spec, tiny=True, device=ctx.device)
     inputs = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in _inputs(name).items()}
+    counts, handles = _count_text_tokens(model)
     with torch.inference_mode():
         reference = model(**inputs)[0]
+        single = sorted(set(counts))
         parallelize_dit(model, group=ctx.groups.sp, attention=attention)
         model._workbench_sp.native_a2a = native_a2a
+        counts.clear()
         out = model(**inputs)[0]
+        parallel = sorted(set(counts))
         again = model(**inputs)[0]  # hooks leave no state behind between calls
         unparallelize_dit(model)
         restored = model(**inputs)[0]
+    for handle in handles:
+        handle.remove()
     use_dims(ctx, ParallelDims(ctx.world_size))
     return ((out - reference).abs().max().item(), reference.abs().max().item(), torch.equal(out, again),
-            torch.equal(restored, reference), out)
+            torch.equal(restored, reference), (single, parallel), out)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +111,20 @@ def cluster():
 
 
 MODELS = ["qwen-image", "qwen-image-edit", "wan2.1", "wan2.1-per-token", "glm-image"]
+TEXT_LEN = {"qwen-image": 7, "qwen-image-edit": 7, "glm-image": 5}  # odd: pads at SP 2, 3 and 4
+
+
+def _check(replies, name, sp, attention):
+    for rank, (err, scale, repeatable, restored, (single, parallel), _) in enumerate(replies):
+        assert scale > 0.1, "a degenerate reference would hide errors"
+        assert err <= SP_TOL * max(1.0, scale), f"{name} sp={sp} {attention} rank {rank}: max error {err:.2e}"
+        assert repeatable and restored
+        if name in TEXT_LEN:  # every text-stream layer ran on this rank's ceil(T/SP) tokens, not on T
+            assert single == [TEXT_LEN[name]] and parallel == [-(-TEXT_LEN[name] // sp)], (single, parallel)
+        else:
+            assert single == parallel == []
+    outs = [r[-1] for r in replies]
+    assert all(torch.equal(outs[0], o) for o in outs[1:]), "every rank returns the same gathered output"
 
 
 @pytest.mark.slow
@@ -83,13 +132,16 @@ MODELS = ["qwen-image", "qwen-image-edit", "wan2.1", "wan2.1-per-token", "glm-im
 @pytest.mark.parametrize("sp", [2, 4])
 @pytest.mark.parametrize("name", MODELS)
 def test_sp_matches_single_device(cluster, name, sp, attention):
-    replies = cluster.run(sp_task, name, sp, attention)
-    for rank, (err, scale, repeatable, restored, _) in enumerate(replies):
-        assert scale > 0.1, "a degenerate reference would hide errors"
-        assert err <= SP_TOL * max(1.0, scale), f"{name} sp={sp} {attention} rank {rank}: max error {err:.2e}"
-        assert repeatable and restored
-    outs = [r[-1] for r in replies]
-    assert all(torch.equal(outs[0], o) for o in outs[1:]), "every rank returns the same gathered output"
+    _check(cluster.run(sp_task, name, sp, attention), name, sp, attention)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", ["ulysses", "ring"])
+@pytest.mark.parametrize("name", ["qwen-image", "qwen-image-edit", "glm-image"])
+def test_sp3_uneven_text_matches_single_device(clusters, name, attention):
+    """SP=3 on three ranks: the text (7 and 5 tokens) does not divide, nor do Qwen-Image-Edit's 15 + 4 image
+    tokens; 6 heads so that Ulysses can split them."""
+    _check(clusters(3).run(sp_task, name, 3, attention, True, 6), name, 3, attention)
 
 
 @pytest.mark.slow
@@ -123,6 +175,12 @@ def test_lse_merge_equals_full_softmax():
                                                                               1)[:, None, None, :])
     out, _ = merge_lse(*attention_lse(q, k, v), *attention_lse(q, k2, v2, mask))
     torch.testing.assert_close(out, full, rtol=SP_TOL, atol=SP_TOL)
+    # two blocks whose keys are all masked (a rank's text piece of masked tokens): (0, -inf), not NaN
+    none = torch.zeros(2, 7, dtype=torch.bool)
+    empty = merge_lse(*attention_lse(q, k2, v2, none), *attention_lse(q, k2, v2, none))
+    assert torch.equal(empty[0], torch.zeros_like(q)) and bool(torch.isneginf(empty[1]).all())
+    again, _ = merge_lse(*empty, *merge_lse(*attention_lse(q, k, v), *attention_lse(q, k2, v2, mask)))
+    torch.testing.assert_close(again, full, rtol=SP_TOL, atol=SP_TOL)
 
 
 def test_unknown_model_and_method_are_refused():

@@ -1,18 +1,19 @@
 """Sequence-parallel joint attention: Ulysses (all-to-all between sequence and heads) and ring (K/V blocks
 passed around the ranks, partial results merged by log-sum-exp in float32).
 
-Tensors are (B, S, H, D), the layout diffusers' processors hold q/k/v in before attention. The image
-sequence is padded to a multiple of P ranks and sharded (`SeqShard`); text tokens, if any, are
-replicated: every rank holds all of them. Each text key is counted once:
+Tensors are (B, S, H, D), the layout diffusers' processors hold q/k/v in before attention. Both streams
+are sharded: the image sequence and, for the joint attention of Qwen-Image and GLM-Image, the text
+sequence, each padded to a multiple of P ranks and cut into equal pieces (`SeqShard`, padding at the end
+of each stream). A rank holds [text_r, image_r] and gets back the attention output of exactly those
+tokens; every query sees every real key of both streams once, padding is never a key:
 
-- Ulysses: after the all-to-all a rank holds the whole image sequence for H/P heads; it prepends the
-  same H/P heads of the text tokens and runs one ordinary attention over [text, image]. Padding is cut
-  off before the attention (it sits at the end of the sequence), so nothing needs masking. Image outputs
-  go back by all-to-all; text outputs are all-gathered over heads, so every rank ends with the same text.
-- Ring: image queries see the text keys once (a separate block) and then the image K/V block of every
-  rank as it comes round, padded rows of the last block cut off. Text queries need every image key too:
-  each rank attends them to its own image block (and rank 0 also to the text block); the P partial
-  results are all-gathered and merged in rank order, so the text stream is bitwise identical on all ranks.
+- Ulysses: one all-to-all per q/k/v moves [text_r, image_r] of all ranks to each rank for H/P heads;
+  the pieces are reordered into [text (T), image (S)] with each stream's padding cut off, so one
+  ordinary attention over the whole sequence (the text mask, if any, on the text keys) runs per head
+  group, exactly as on one device. One all-to-all brings [text_r, image_r] back, all heads.
+- Ring: the local [text_r, image_r] K/V block travels round the ring; each local query (text and image)
+  attends to the text rows of every block (math path, text mask) and its image rows (the platform's
+  flash kernel where there is one), padding rows cut off, merged by log-sum-exp.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..comm import all_gather_cat, all_gather_list, all_to_all, group_rank, group_size, ring_shift
+from ..comm import all_to_all, group_rank, group_size, ring_shift
 
 __all__ = ["SeqShard", "ulysses_attention", "ring_attention", "attention_lse", "merge_lse"]
 
@@ -110,80 +111,91 @@ def _math_lse(q, k, v, key_mask=None):
 
 
 def merge_lse(out, lse, out_b, lse_b):
-    """Combine two attention results over disjoint key sets (online softmax), float32."""
+    """Combine two attention results over disjoint key sets (online softmax), float32. A row that has no
+    key in either (lse -inf in both: every key masked) stays (0, -inf) instead of becoming NaN."""
     if out is None:
         return out_b, lse_b
     new = torch.logaddexp(lse, lse_b)
-    return out * (lse - new).exp().unsqueeze(-1) + out_b * (lse_b - new).exp().unsqueeze(-1), new
+    ref = torch.where(torch.isneginf(new), torch.zeros_like(new), new)  # = new wherever any key was seen
+    return out * (lse - ref).exp().unsqueeze(-1) + out_b * (lse_b - ref).exp().unsqueeze(-1), new
 
 
 # ---------------------------------------------------------------------------------------------- Ulysses
 
 
-def ulysses_attention(q, k, v, shard: SeqShard, group, *, text=None, text_mask=None, native_a2a: bool = True):
-    """q, k, v: this rank's image tokens (B, S_local, H, D); text: (q, k, v) each (B, T, H, D), replicated;
-    text_mask: (B, T) bool or None. -> (text_out (B, T, H, D) or None, image_out (B, S_local, H, D))."""
+def _joined(text, x, dim=1):
+    """[text, image] along the sequence (the image alone when there is no text)."""
+    return x if text is None else torch.cat([text, x], dim=dim)
+
+
+def ulysses_attention(q, k, v, shard: SeqShard, group, *, text=None, text_shard: SeqShard | None = None,
+                      text_mask=None, native_a2a: bool = True):
+    """q, k, v: this rank's image tokens (B, S_local, H, D); text: this rank's text tokens (q, k, v), each
+    (B, T_local, H, D), cut by `text_shard`; text_mask: (B, T) bool (the whole text) or None.
+    -> (text_out (B, T_local, H, D) or None, image_out (B, S_local, H, D))."""
     world, heads = group_size(group), q.shape[2]
     if heads % world:
         raise ValueError(f"Ulysses needs the head count ({heads}) to divide by the SP degree ({world}); "
                          "use attention='ring' or another SP degree")
-    mine = slice(group_rank(group) * heads // world, (group_rank(group) + 1) * heads // world)
-    # (B, S_local, H, D) -> (B, S_padded, H/P, D) -> (B, S, H/P, D)
-    q, k, v = (shard.unpad(all_to_all(t, 2, 1, group, native=native_a2a), 1) for t in (q, k, v))
-    n_text, mask = 0, None
+    n_local = 0 if text is None else text[0].shape[1]
+    if text is not None and (text_shard is None or n_local != text_shard.local):
+        raise ValueError(f"text pieces of {n_local} tokens need their SeqShard (got {text_shard})")
+    # [text_local, image_local] (B, T_local + S_local, H, D) -> every rank's, for H/P heads
+    # (B, P * (T_local + S_local), H/P, D), then [text (B, T), image (B, S)] with the padding cut off
+    joint = []
+    for i, x in enumerate((q, k, v)):
+        x = all_to_all(_joined(None if text is None else text[i], x), 2, 1, group, native=native_a2a)
+        x = x.unflatten(1, (world, -1))
+        image = shard.unpad(x[:, :, n_local:].flatten(1, 2), 1)
+        joint.append(image if text is None else torch.cat([text_shard.unpad(x[:, :, :n_local].flatten(1, 2), 1),
+                                                            image], dim=1))
+    n_text = 0 if text is None else text_shard.length
+    mask = None
+    if text_mask is not None and text is not None:
+        image_keys = text_mask.new_ones(text_mask.shape[0], shard.length)
+        mask = torch.cat([text_mask.bool(), image_keys.bool()], dim=1)[:, None, None, :]
+    q, k, v = (t.transpose(1, 2) for t in joint)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)  # (B, T + S, H/P, D)
+    # back: pad each stream, rank r's pieces [text_r, image_r] to rank r, all heads (B, T_local + S_local, H, D)
+    image = shard.pad(out[:, n_text:], 1).unflatten(1, (world, -1))
     if text is not None:
-        n_text = text[0].shape[1]
-        q, k, v = (torch.cat([t[:, :, mine], x], dim=1) for t, x in zip(text, (q, k, v)))  # (B, T + S, H/P, D)
-        if text_mask is not None:
-            image_keys = text_mask.new_ones(text_mask.shape[0], shard.length)
-            mask = torch.cat([text_mask.bool(), image_keys.bool()], dim=1)[:, None, None, :]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-    out = out.transpose(1, 2)  # (B, T + S, H/P, D)
-    image = all_to_all(shard.pad(out[:, n_text:], 1), 1, 2, group, native=native_a2a)  # (B, S_local, H, D)
-    text_out = all_gather_cat(out[:, :n_text].contiguous(), 2, group) if text is not None else None
-    return text_out, image
+        image = torch.cat([text_shard.pad(out[:, :n_text], 1).unflatten(1, (world, -1)), image], dim=2)
+    back = all_to_all(image.flatten(1, 2), 1, 2, group, native=native_a2a)
+    return (None if text is None else back[:, :n_local]), back[:, n_local:]
 
 
 # ------------------------------------------------------------------------------------------------- ring
 
 
-def ring_attention(q, k, v, shard: SeqShard, group, *, text=None, text_mask=None):
+def ring_attention(q, k, v, shard: SeqShard, group, *, text=None, text_shard: SeqShard | None = None,
+                   text_mask=None):
     """Same contract as `ulysses_attention`; any head count."""
     world, me = group_size(group), group_rank(group)
-    qh = q.transpose(1, 2)  # (B, H, S_local, D)
+    n_local = 0 if text is None else text[0].shape[1]
+    if text is not None and (text_shard is None or n_local != text_shard.local):
+        raise ValueError(f"text pieces of {n_local} tokens need their SeqShard (got {text_shard})")
+    if text is not None:
+        q, k, v = (torch.cat([t, x], dim=1) for t, x in zip(text, (q, k, v)))  # (B, T_local + S_local, H, D)
+    qh = q.transpose(1, 2)  # (B, H, T_local + S_local, D): every local query, text and image
     out = lse = None
-    if text is not None:  # the text keys, once, for the image queries
-        out, lse = attention_lse(qh, text[1].transpose(1, 2), text[2].transpose(1, 2), text_mask)
-    block = torch.stack([k, v])  # (2, B, S_local, H, D): travels round the ring
+    block = torch.stack([k, v])  # (2, B, T_local + S_local, H, D): travels round the ring
     for step in range(world):
         if step < world - 1:
             incoming, wait = ring_shift(block, group)
-        n = shard.valid((me - step) % world)  # the block came from rank me - step; padding rows cut off
-        if n:
-            kb, vb = (t[:, :n].transpose(1, 2) for t in block)
+        src = (me - step) % world  # the block came from rank src; its padding rows are cut off
+        n_text = 0 if text is None else text_shard.valid(src)
+        if n_text:  # its text keys, with their mask (math path: small)
+            kb, vb = (t[:, :n_text].transpose(1, 2) for t in block)
+            key_mask = None
+            if text_mask is not None:
+                key_mask = text_mask.bool().narrow(1, src * text_shard.local, n_text)
+            out, lse = merge_lse(out, lse, *attention_lse(qh, kb, vb, key_mask))
+        n_image = shard.valid(src)
+        if n_image:  # its image keys (the platform's flash kernel where there is one)
+            kb, vb = (t[:, n_local:n_local + n_image].transpose(1, 2) for t in block)
             out, lse = merge_lse(out, lse, *attention_lse(qh, kb, vb))
         if step < world - 1:
             wait()
             block = incoming
-    image = out.transpose(1, 2).to(q.dtype)  # (B, S_local, H, D)
-    text_out = _ring_text(text, text_mask, k, v, shard, group) if text is not None else None
-    return text_out, image
-
-
-def _ring_text(text, text_mask, k, v, shard: SeqShard, group):
-    """Text queries against all keys: a partial result per rank, gathered and merged in rank order."""
-    tq, tk, tv = (t.transpose(1, 2) for t in text)  # (B, H, T, D)
-    out = lse = None
-    if group_rank(group) == 0:
-        out, lse = attention_lse(tq, tk, tv, text_mask)
-    n = shard.valid()
-    if n:
-        out, lse = merge_lse(out, lse, *attention_lse(tq, k[:, :n].transpose(1, 2), v[:, :n].transpose(1, 2)))
-    if out is None:  # no keys here: an empty partial result
-        out = tq.new_zeros(tq.shape, dtype=torch.float32)
-        lse = tq.new_full(tq.shape[:-1], float("-inf"), dtype=torch.float32)
-    packed = torch.cat([out, lse.unsqueeze(-1)], dim=-1)  # (B, H, T, D + 1)
-    out = lse = None
-    for part in all_gather_list(packed, group):  # rank order: the same sum on every rank
-        out, lse = merge_lse(out, lse, part[..., :-1], part[..., -1])
-    return out.transpose(1, 2).to(text[0].dtype)  # (B, T, H, D)
+    out = out.transpose(1, 2).to(q.dtype)  # (B, T_local + S_local, H, D)
+    return (None if text is None else out[:, :n_local]), out[:, n_local:]
