@@ -175,7 +175,8 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
         if "shard" in modes:
             plan_shards(latent, scale=preset.spatial_ratio, world_size=world, grid=grid)
         if "patch" in modes:
-            plan_patches(latent, scale=preset.spatial_ratio, world_size=world, halo_latent=halo_latent or 0, grid=grid)
+            plan_patches(latent, scale=preset.spatial_ratio, world_size=world, halo_latent=halo_latent, tile_px=tile,
+                         stride_px=stride, grid=grid)
     except PlanError as e:
         raise BadInput(f"{e}") from None
     if grid is not None and not {"shard", "patch"} & set(modes):

@@ -40,7 +40,7 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=None, dest="tile_px", help="tile size in pixels (default 256)")
     p.add_argument("--stride", type=int, default=None, dest="stride_px", help="tile stride in pixels (default 192)")
     p.add_argument("--tile-frames", type=int, default=None, help="latent frames per temporal window (video)")
-    p.add_argument("--halo", type=int, default=None, dest="halo_latent", help="patch halo in latent rows")
+    p.add_argument("--halo", type=int, default=None, dest="halo_latent", help="patch halo in latent rows (default: SGLang's, half the tile overlap: 4 for 256/192 px at 8x)")
     p.add_argument("--grid", default=None, help="RxC grid for patch and shard (default: as square as possible)")
     p.add_argument("--merge", default=None, help="parallel_tiled merge: allgather, rank0, rank0-only")
     p.add_argument("--gather", default=None, dest="output", help="shard output: rank0, all, sharded")
