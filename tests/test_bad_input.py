@@ -25,6 +25,8 @@ CLI_CASES = [
     (D + ["--size", "8x16", "--mode", "shard", "--world", "2", "--grid", "2x1"], "has more rows/cols than the latent"),
     (D + ["--mode", "parallel_tiled", "--world", "2", "--merge", "bogus"], "--merge 'bogus' is not a merge mode; accepted: allgather"),
     (D + ["--mode", "shard", "--world", "2", "--gather", "bogus"], "--gather 'bogus' is not a shard output; accepted: rank0"),
+    (D + ["--mode", "shard", "--world", "2", "--shard-attention", "bogus"],
+     "--shard-attention 'bogus' is not a shard attention; accepted: local_queries, all_queries"),
     (D + ["--mode", "shard", "--world", "100000"], "--world 100000 exceeds the"),
     (D + ["--world", "0"], "--world must be >= 1"),
     (D + ["--world", "-1"], "--world must be >= 1"),
@@ -102,6 +104,8 @@ API_CASES = [
      "unknown decode parameter(s) tile; accepted:"),
     (lambda: LocalRunner("cpu").compare(DecodeJob(size=(64, 64, 1)), ["tiles"]), ValueError, "unknown mode 'tiles'"),
     (lambda: LocalRunner("cpu").decode(DecodeJob(size=(64, 64, 1)), "shard", halo=2), ValueError, "unknown decode parameter"),
+    (lambda: LocalRunner("cpu").decode(DecodeJob(size=(64, 64, 1)), "shard", attention="global"), ValueError,
+     "shard: attention='global' is not accepted; accepted: local_queries, all_queries"),
     (lambda: Cluster(world_size=0), ValueError, "world_size must be >= 1"),
     (lambda: Cluster(world_size=2, device="tpu"), ValueError, "unknown device 'tpu'"),
 ]

@@ -70,6 +70,18 @@ def test_the_trace_runs_the_strategy_itself():
     assert shard > 1.5 * band
 
 
+def test_the_trace_holds_the_whole_frame_attention_of_all_queries():
+    """shard's attention="all_queries" gathers the mid-block input and attends the whole frame on every rank: the
+    trace must hold that frame. Where the mid-block is the peak (2048 px over 64 ranks: each band is small, the
+    gathered 256 x 256 x 384 frame is not), the estimate grows by at least that frame (measured: 217 -> 387 MiB)."""
+    vae = _meta_vae("qwen-image", "bfloat16")
+    shape = latent_shape("qwen-image", 2048, 2048)
+    local = traced_bytes(vae, shape, "shard", rank=1, world_size=64, output="sharded")
+    exact = traced_bytes(vae, shape, "shard", rank=1, world_size=64, output="sharded", attention="all_queries")
+    frame = 256 * 256 * 384 * 2  # the gathered mid-block input, bf16
+    assert exact >= local + frame, (local, exact)
+
+
 def test_twins_are_cached_by_config_not_by_object():
     qwen = build_vae("qwen-image", tiny=True)
     glm = build_vae("glm-image", tiny=True)

@@ -15,6 +15,7 @@ from workbench.parallel.vae.plan import (
     plan_patches,
     plan_shards,
     plan_tiles,
+    sglang_halo_latent,
     split_even,
 )
 
@@ -78,6 +79,17 @@ def test_interior_pixels_get_weight_one_and_overlaps_ramp():
     assert all(w == 1.0 for w in first.row_weights[:overlap])
     ramp = first.row_weights[overlap:]
     assert all(a > b for a, b in zip(ramp, ramp[1:])), "weights fall monotonically across the overlap"
+
+
+@pytest.mark.parametrize("scale,tile_px,stride_px,halo", [(8, 256, 192, 4), (16, 256, 192, 2), (8, 512, 384, 8),
+                                                         (8, 64, 48, 1), (8, 256, 256, 0)])
+def test_the_default_patch_halo_is_sglangs(scale, tile_px, stride_px, halo):
+    """SGLang's parallel_patch_decode: halo = (tile_latent - stride_latent) // 2, from its 256/192 px tiling."""
+    assert sglang_halo_latent(scale=scale, tile_px=tile_px, stride_px=stride_px) == halo
+    plan = plan_patches((1, 64, 64), scale=scale, world_size=4, tile_px=tile_px, stride_px=stride_px)
+    assert plan.halo_latent == halo
+    assert plan_patches((1, 64, 64), scale=8, world_size=4).halo_latent == 4, "256/192 px by default"
+    assert plan_patches((1, 64, 64), scale=8, world_size=4, halo_latent=1).halo_latent == 1
 
 
 @pytest.mark.parametrize("rows,cols", SIZES)

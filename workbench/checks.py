@@ -129,11 +129,11 @@ def _dtype(dtype) -> None:
 
 def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool = True, dtype: str = "float32",
                  batch: int = 1, tile_px=None, stride_px=None, tile_frames=None, halo_latent=None, grid=None,
-                 merge=None, output=None, budget_gib=None, under_torchrun: bool = False) -> dict:
+                 merge=None, output=None, attention=None, budget_gib=None, under_torchrun: bool = False) -> dict:
     """Every decode argument against the preset, the latent and the ranks; the checked strategy parameters."""
     from .models.presets import ModelError, get_preset
     from .models.shapes import latent_shape, parse_size
-    from .parallel.vae import MERGES, PARALLEL, SHARD_OUTPUTS, STRATEGIES
+    from .parallel.vae import MERGES, PARALLEL, SHARD_ATTENTIONS, SHARD_OUTPUTS, STRATEGIES
     from .parallel.vae.plan import PlanError, plan_patches, plan_shards, plan_tiles
 
     try:
@@ -153,6 +153,9 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
         raise BadInput(f"--merge {merge!r} is not a merge mode; accepted: {', '.join(MERGES)}")
     if output is not None and output not in SHARD_OUTPUTS:
         raise BadInput(f"--gather {output!r} is not a shard output; accepted: {', '.join(SHARD_OUTPUTS)}")
+    if attention is not None and attention not in SHARD_ATTENTIONS:
+        raise BadInput(f"--shard-attention {attention!r} is not a shard attention; accepted: "
+                       f"{', '.join(SHARD_ATTENTIONS)}")
     try:
         h, w, f = parse_size(size) if isinstance(size, str) else size
         shape = latent_shape(preset, h, w, f, batch=batch or 1)
@@ -175,13 +178,14 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
         if "shard" in modes:
             plan_shards(latent, scale=preset.spatial_ratio, world_size=world, grid=grid)
         if "patch" in modes:
-            plan_patches(latent, scale=preset.spatial_ratio, world_size=world, halo_latent=halo_latent or 0, grid=grid)
+            plan_patches(latent, scale=preset.spatial_ratio, world_size=world, halo_latent=halo_latent, tile_px=tile,
+                         stride_px=stride, grid=grid)
     except PlanError as e:
         raise BadInput(f"{e}") from None
     if grid is not None and not {"shard", "patch"} & set(modes):
         raise BadInput("--grid applies to patch and shard only; add one of them to --mode or drop --grid")
     params = {"tile_px": tile_px, "stride_px": stride_px, "tile_frames": tile_frames, "halo_latent": halo_latent,
-              "merge": merge, "output": output, "memory_budget_gib": budget_gib, "grid": grid}
+              "merge": merge, "output": output, "attention": attention, "memory_budget_gib": budget_gib, "grid": grid}
     return {k: v for k, v in params.items() if v is not None}
 
 

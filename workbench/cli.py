@@ -40,10 +40,12 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=None, dest="tile_px", help="tile size in pixels (default 256)")
     p.add_argument("--stride", type=int, default=None, dest="stride_px", help="tile stride in pixels (default 192)")
     p.add_argument("--tile-frames", type=int, default=None, help="latent frames per temporal window (video)")
-    p.add_argument("--halo", type=int, default=None, dest="halo_latent", help="patch halo in latent rows")
+    p.add_argument("--halo", type=int, default=None, dest="halo_latent", help="patch halo in latent rows (default: SGLang's, half the tile overlap: 4 for 256/192 px at 8x)")
     p.add_argument("--grid", default=None, help="RxC grid for patch and shard (default: as square as possible)")
     p.add_argument("--merge", default=None, help="parallel_tiled merge: allgather, rank0, rank0-only")
     p.add_argument("--gather", default=None, dest="output", help="shard output: rank0, all, sharded")
+    p.add_argument("--shard-attention", default=None, dest="attention",
+                   help="shard mid-block attention: local_queries (default) or all_queries (bitwise equal to full)")
     p.add_argument("--budget-gib", type=float, default=None, help="auto: memory budget per device (GiB)")
 
 
@@ -126,7 +128,7 @@ def _check_decode(args, modes: list[str]) -> tuple[dict, int]:
     params = checks.check_decode(model=args.model, size=size, modes=modes, world=world, tiny=args.tiny,
                                  dtype=args.dtype, batch=args.batch, tile_px=args.tile_px, stride_px=args.stride_px,
                                  tile_frames=args.tile_frames, halo_latent=args.halo_latent, grid=args.grid,
-                                 merge=args.merge, output=args.output, budget_gib=args.budget_gib,
+                                 merge=args.merge, output=args.output, attention=args.attention, budget_gib=args.budget_gib,
                                  under_torchrun=checks.under_torchrun())
     return params, world
 
@@ -185,7 +187,7 @@ def cmd_bench(args) -> int:
     params = checks.check_decode(model=configs[0][0], size=configs[0][1], modes=modes, world=2, tiny=args.tiny,
                                  dtype=args.dtype, tile_px=args.tile_px, stride_px=args.stride_px,
                                  tile_frames=args.tile_frames, halo_latent=args.halo_latent, grid=args.grid,
-                                 merge=args.merge, output=args.output, budget_gib=args.budget_gib,
+                                 merge=args.merge, output=args.output, attention=args.attention, budget_gib=args.budget_gib,
                                  under_torchrun=True) if configs else {}
     rows = []
     with make_runner(1, args.device) as runner:

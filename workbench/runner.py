@@ -281,13 +281,17 @@ class Runner:
 
 
 def _check_known(modes, params: dict) -> None:
-    """Every parameter is taken by some strategy (a misspelled keyword raises, naming the accepted ones)."""
-    from .parallel.vae import STRATEGIES, strategy_params
+    """Every parameter is taken by some strategy (a misspelled keyword raises, naming the accepted ones), and each
+    mode's own parameters have accepted values (checked here, before any worker decodes)."""
+    from .parallel.vae import STRATEGIES, check_params, strategy_params
 
     accepted = sorted({k for m in STRATEGIES for k in strategy_params(m)})
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"unknown decode parameter(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
+    for mode in modes:
+        if mode in STRATEGIES:
+            check_params(mode, split_params(mode, params))
 
 
 class LocalRunner(Runner):

@@ -76,6 +76,16 @@ def show_strategies(comparison: Comparison) -> None:
         show(fig)
 
 
+def parse_halo(text: str) -> int | None:
+    """None for 'auto' (SGLang's halo: half the tile overlap), else latent rows >= 0."""
+    text = (text or "").strip().lower()
+    if text in ("", "auto"):
+        return None
+    if not text.isdigit():
+        raise ValueError(f"patch halo must be 'auto' or latent rows >= 0, got {text!r}")
+    return int(text)
+
+
 def parse_grid(text: str, world: int):
     """None for 'auto', else (rows, cols) from 'RxC' with rows * cols == world."""
     text = (text or "").strip().lower()
@@ -97,7 +107,7 @@ class DecodeExplorer:
 
     def __init__(self, model: str = "qwen-image", size: str = "512x512", modes="full,tiled", *, tiny: bool = True,
                  weights: str | None = None, tile_px: int = 256, stride_px: int = 192, sp: int = 1,
-                 halo_latent: int = 1, grid: str = "auto", dtype: str = "float32", device: str | None = None,
+                 halo_latent: int | None = None, grid: str = "auto", dtype: str = "float32", device: str | None = None,
                  seed: int = 0):
         import ipywidgets as w
 
@@ -123,8 +133,8 @@ class DecodeExplorer:
                                      layout=small)
         self.stride = w.BoundedIntText(value=stride_px, min=8, max=8192, step=8, description="stride px",
                                        style=style, layout=small)
-        self.halo = w.BoundedIntText(value=halo_latent, min=0, max=16, description="patch halo", style=style,
-                                     layout=small)
+        self.halo = w.Text(value="auto" if halo_latent is None else str(halo_latent), description="patch halo",
+                           placeholder="auto (SGLang's) or latent rows", style=style, layout=small)
         self.grid = w.Text(value=grid, description="grid RxC", placeholder="auto or 1x2", style=style, layout=small)
         self.dtype = w.Dropdown(options=["float32", "bfloat16", "float16"], value=dtype, description="dtype",
                                 style=style, layout=small)
@@ -201,7 +211,7 @@ class DecodeExplorer:
         return list(self.modes.value)
 
     def params(self) -> dict:
-        return {"tile_px": self.tile.value, "stride_px": self.stride.value, "halo_latent": self.halo.value,
+        return {"tile_px": self.tile.value, "stride_px": self.stride.value, "halo_latent": parse_halo(self.halo.value),
                 "grid": parse_grid(self.grid.value, self.sp.value)}
 
     def _check(self, world: int, size_text: str) -> dict[str, str]:
@@ -224,6 +234,10 @@ class DecodeExplorer:
                 check_tiles(preset.spatial_ratio, self.tile.value, self.stride.value)
             except ValueError as e:
                 errors["stride" if self.stride.value > self.tile.value else "tile"] = str(e)
+        try:
+            parse_halo(self.halo.value)
+        except ValueError as e:
+            errors["halo"] = str(e)
         grid = None
         try:
             grid = parse_grid(self.grid.value, world)

@@ -38,7 +38,14 @@ class DecodeContext:
     progress: bool = False
 
 
-from . import PARALLEL, SERIAL, STRATEGIES  # noqa: E402
+from . import MERGES, PARALLEL, PATCH_OUTPUTS, SERIAL, SHARD_ATTENTIONS, SHARD_OUTPUTS, STRATEGIES  # noqa: E402
+
+# The parameters whose values are a fixed set, per mode.
+CHOICES = {
+    "parallel_tiled": {"merge": MERGES},
+    "patch": {"output": PATCH_OUTPUTS},
+    "shard": {"output": SHARD_OUTPUTS, "attention": SHARD_ATTENTIONS},
+}
 
 
 def strategy(mode: str):
@@ -55,12 +62,16 @@ def strategy_params(mode: str) -> dict:
 
 
 def check_params(mode: str, params: dict) -> dict:
-    """`params` if `mode` takes every one of them; a ValueError naming the others and the accepted ones."""
+    """`params` if `mode` takes every one of them, each with an accepted value where the values are a fixed
+    set (CHOICES); else a ValueError naming the parameter and what is accepted."""
     accepted = strategy_params(mode)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"mode {mode!r} does not take {', '.join(unknown)}; it accepts: "
                          f"{', '.join(accepted) or 'no parameters'}")
+    for name, values in CHOICES.get(mode, {}).items():
+        if name in params and params[name] not in values:
+            raise ValueError(f"{mode}: {name}={params[name]!r} is not accepted; accepted: {', '.join(values)}")
     return params
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "grid_shape",
     "plan_tiles",
     "plan_patches",
+    "sglang_halo_latent",
     "plan_shards",
     "frame_windows",
     "balance",
@@ -339,15 +340,7 @@ def _check_latent_shape(latent_shape) -> tuple[int, int, int]:
 def plan_tiles(latent_shape, *, scale: int, tile_px: int = 256, stride_px: int = 192) -> TilePlan:
     """Overlapping tiles with blend weights, every tile owned by rank 0 (see `TilePlan.assign`)."""
     frames, rows, cols = _check_latent_shape(latent_shape)
-    for name, value in (("tile_px", tile_px), ("stride_px", stride_px)):
-        if value < scale or value % scale:
-            raise PlanError(f"{name} must be a positive multiple of the spatial ratio {scale}, got {value}")
-    if not (tile_px / 2 <= stride_px <= tile_px):
-        raise PlanError(
-            f"stride_px must lie in [tile_px/2, tile_px] = [{tile_px // 2}, {tile_px}] so that at most two "
-            f"tiles overlap along an axis, got {stride_px}"
-        )
-    tile, stride = tile_px // scale, stride_px // scale
+    tile, stride = _tile_stride_latent(scale, tile_px, stride_px)
     row_spans, col_spans = axis_tiles(rows, tile, stride), axis_tiles(cols, tile, stride)
     row_w = axis_blend_weights([s.scaled(scale) for s in row_spans])
     col_w = axis_blend_weights([s.scaled(scale) for s in col_spans])
@@ -359,9 +352,39 @@ def plan_tiles(latent_shape, *, scale: int, tile_px: int = 256, stride_px: int =
     return TilePlan((frames, rows, cols), scale, (len(row_spans), len(col_spans)), items, tile_latent=tile, stride_latent=stride)
 
 
-def plan_patches(latent_shape, *, scale: int, world_size: int, halo_latent: int = 0, grid=None) -> PatchPlan:
-    """A rows x cols grid of patches, one per rank, each decoded with `halo_latent` extra rows/cols."""
+def _tile_stride_latent(scale: int, tile_px: int, stride_px: int) -> tuple[int, int]:
+    """(tile, stride) in latent rows, after checking the pixel values a tiled decode accepts."""
+    for name, value in (("tile_px", tile_px), ("stride_px", stride_px)):
+        if value < scale or value % scale:
+            raise PlanError(f"{name} must be a positive multiple of the spatial ratio {scale}, got {value}")
+    if not (tile_px / 2 <= stride_px <= tile_px):
+        raise PlanError(
+            f"stride_px must lie in [tile_px/2, tile_px] = [{tile_px // 2}, {tile_px}] so that at most two "
+            f"tiles overlap along an axis, got {stride_px}"
+        )
+    return tile_px // scale, stride_px // scale
+
+
+def sglang_halo_latent(*, scale: int, tile_px: int = 256, stride_px: int = 192) -> int:
+    """SGLang's patch halo for a tiling: half the tiles' overlap, in latent rows, rounded down.
+
+    SGLang's `parallel_patch_decode` takes its halo from the VAE's tile settings as
+    (tile_latent - stride_latent) // 2; its 256/192 px tiles at 8x give (32 - 24) // 2 = 4 latent rows.
+    """
+    tile, stride = _tile_stride_latent(scale, tile_px, stride_px)
+    return (tile - stride) // 2
+
+
+def plan_patches(latent_shape, *, scale: int, world_size: int, halo_latent: int | None = None, tile_px: int = 256,
+                 stride_px: int = 192, grid=None) -> PatchPlan:
+    """A rows x cols grid of patches, one per rank, each decoded with `halo_latent` extra rows/cols.
+
+    `halo_latent=None` takes SGLang's halo for the tiling `tile_px`/`stride_px` (`sglang_halo_latent`),
+    so a patch decode and a tiled decode with the same settings compare like for like.
+    """
     frames, rows, cols = _check_latent_shape(latent_shape)
+    if halo_latent is None:
+        halo_latent = sglang_halo_latent(scale=scale, tile_px=tile_px, stride_px=stride_px)
     if halo_latent < 0:
         raise PlanError(f"halo_latent must be >= 0, got {halo_latent}")
     grid = _checked_grid(grid, world_size, rows, cols)

@@ -8,8 +8,13 @@ it, with three things changed from outside, for the duration of the decode only:
   Wan causal conv does this on its frame cache too, so the cache stays per rank, frame by frame;
 - GroupNorm statistics are reduced over all ranks in two passes (global mean, then squared
   deviations around it), in float32;
-- the mid-block attention attends each rank's own queries to the keys and values gathered from all
-  ranks, so the attention work is split too.
+- the mid-block attention, `attention="local_queries"` (the default): each rank attends its own
+  queries to the keys and values gathered from all ranks, so the attention work is split too; it
+  differs from `full` by float32 reduction order (~1e-6: the softmax sums the keys in rank order,
+  not raster order). `attention="all_queries"`: every rank gathers the block's input, runs the
+  model's own attention block on the whole frame and keeps its own rows, so the output equals `full`
+  bit for bit on the CPU in float32, at the price of the whole attention on every rank. The default
+  stays local_queries until that price (estimated < 5% at SP=4) is measured on GPUs.
 
 Everything else in these decoders is pointwise or channel-wise (RMS norms, SiLU, nearest 2x
 upsampling, the Wan2.2 DupUp3D shortcut, unpatchify) and needs no change; any module type not known
@@ -28,6 +33,7 @@ from .plan import PlanError, ShardPlan, plan_shards
 
 __all__ = ["decode_shard", "sharded", "ShardComm"]
 
+from . import SHARD_ATTENTIONS as ATTENTIONS  # noqa: E402
 from . import SHARD_OUTPUTS as OUTPUTS  # noqa: E402
 
 # Module types whose forward is pointwise, channel-wise or a container: correct on a shard as they are.
@@ -72,6 +78,27 @@ class ShardComm:
         rest = front.shape[1:]
         parts = self.comm.all_gather_padded(front, [n * rest.numel() for n in counts])
         return torch.cat([p.view(-1, *rest) for p in parts], dim=0).movedim(0, dim)
+
+    def level(self, x: torch.Tensor) -> int:
+        """Rows (and columns) per latent cell of x (..., h, w) at its level of the decoder."""
+        return x.shape[-2] // self.shard.rows.size
+
+    def gather_image(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., h, w), this rank's block -> (..., H, W), the whole frame at x's level, blocks placed by the plan."""
+        f = self.level(x)
+        lead = x.shape[:-2]
+        parts = self.comm.all_gather_padded(x.contiguous(), [lead.numel() * s.area * f * f for s in self.plan.items])
+        rows, cols = self.plan.latent_shape[1] * f, self.plan.latent_shape[2] * f
+        out = x.new_empty(*lead, rows, cols)
+        for s, part in zip(self.plan.items, parts):
+            out[..., s.rows.start * f: s.rows.stop * f, s.cols.start * f: s.cols.stop * f] = \
+                part.view(*lead, s.rows.size * f, s.cols.size * f)
+        return out
+
+    def own_block(self, y: torch.Tensor, f: int) -> torch.Tensor:
+        """y (..., H, W), the whole frame -> (..., h, w), this rank's block of it (f rows per latent cell)."""
+        rows, cols = self.shard.rows, self.shard.cols
+        return y[..., rows.start * f: rows.stop * f, cols.start * f: cols.stop * f].contiguous()
 
 
 # ------------------------------------------------------------------------------------ wrappers
@@ -152,6 +179,17 @@ def _wan_attention_forward(block, comm: ShardComm):
     return forward
 
 
+def _all_queries_forward(block, comm: ShardComm):
+    """Any attention block on the whole frame: gather its input, run the class's own forward, keep this rank's
+    rows. Every rank computes the full attention, in the full decode's token order: bitwise equal to it."""
+
+    def forward(x, *args, **kwargs):
+        f = comm.level(x)
+        y = type(block).forward(block, comm.gather_image(x), *args, **kwargs)  # (..., H, W)
+        return comm.own_block(y, f)  # (..., h, w)
+    return forward
+
+
 def _gather_tokens_hook(comm: ShardComm):
     """diffusers Attention (AutoencoderKL mid-block): its key and value projections return every
     rank's tokens, while the queries stay local, so each rank attends its own pixels to all of them."""
@@ -162,16 +200,26 @@ def _gather_tokens_hook(comm: ShardComm):
 
 
 @contextmanager
-def sharded(vae, comm: ShardComm):
-    """Within the block, `vae.decoder` runs on this rank's shard. The model is restored afterwards."""
+def sharded(vae, comm: ShardComm, attention: str = "local_queries"):
+    """Within the block, `vae.decoder` runs on this rank's shard. The model is restored afterwards.
+
+    `attention`: local_queries (own queries, gathered keys and values) or all_queries (the whole frame's
+    attention on every rank, its modules left as they are)."""
     from diffusers.models.attention_processor import Attention
 
-    patched, hooks = [], []
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    patched, hooks, whole = [], [], set()  # whole: modules inside an all_queries block run on the whole frame
     try:
         for module in vae.decoder.modules():
+            if id(module) in whole:
+                continue
             name = type(module).__name__
             forward = None
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            if attention == "all_queries" and (name in _ATTENTION_BLOCKS or isinstance(module, Attention)):
+                forward = _all_queries_forward(module, comm)
+                whole |= {id(m) for m in module.modules()}
+            elif isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d)):
                 forward = _conv_halo_forward(module, comm)
             elif isinstance(module, torch.nn.GroupNorm):
                 forward = _group_norm_forward(module, comm)
@@ -199,11 +247,16 @@ def sharded(vae, comm: ShardComm):
 # ------------------------------------------------------------------------------------ strategy
 
 
-def decode_shard(ctx, z: torch.Tensor, *, grid=None, output: str = "rank0"):
+def decode_shard(ctx, z: torch.Tensor, *, grid=None, output: str = "rank0", attention: str = "local_queries"):
     """Exact spatial sharding over the ranks of `ctx.comm`; `output`: rank0, all or sharded.
 
     rank0 gathers the image to rank 0 (the others get None), all gathers it to every rank, sharded
     leaves each rank its own block (no device ever holds the full video).
+
+    `attention` (the mid-block attention; see the module's docstring): local_queries, the default, splits
+    the attention work and matches `full` to ~1e-6; all_queries computes the whole attention on every rank
+    and matches `full` bit for bit in float32 on the CPU. The default stays local_queries because its
+    saving (< 5% of the decode at SP=4, by estimate) has not been measured on GPUs yet.
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
@@ -216,13 +269,13 @@ def decode_shard(ctx, z: torch.Tensor, *, grid=None, output: str = "rank0"):
                         "or with fewer ranks") from None
     comm = ShardComm(plan, ctx.comm)
     mine = comm.shard
-    with ctx.measure.phase("decode"), sharded(fd.vae, comm):
+    with ctx.measure.phase("decode"), sharded(fd.vae, comm, attention):
         local = z5[:, :, :, mine.rows.slice(), mine.cols.slice()]
         x = fd.prepare(local)
         y = fd.finish(fd.decode(x, fd.new_cache(), first=True))
     with ctx.measure.phase("gather"):
         out = _assemble(y, plan, fd, ctx, output)
-    return out, plan, {"grid": list(plan.grid), "output": output}
+    return out, plan, {"grid": list(plan.grid), "output": output, "attention": attention}
 
 
 def _assemble(y: torch.Tensor, plan: ShardPlan, fd, ctx, output: str):
