@@ -17,7 +17,7 @@ from workbench.runner import Cluster, DecodeJob, LocalRunner
 ROOT = Path(__file__).resolve().parents[1]
 FAST_S = 4.0  # measured 0.16-0.22 s on an idle 2-core machine
 
-D = ["decode", "--model", "qwen-image", "--tiny"]
+D = ["decode", "--model", "qwen-image", "--tiny", "--weights", "random"]
 G = ["generate", "--tiny"]
 CLI_CASES = [
     (D + ["--size", "16x16", "--mode", "shard", "--world", "2", "--grid", "3x3"], "grid must be (rows, cols) with rows * cols == world_size=2"),
@@ -52,6 +52,10 @@ CLI_CASES = [
     (D + ["--out", "README.md"], "--out 'README.md' is an existing file"),
     (D + ["--out", "README.md/inside"], "is not writable"),
     (D + ["--weights", "/nonexistent/folder"], "--weights '/nonexistent/folder' is not a folder"),
+    (D + ["--image", "nope"], "--image: image 'nope' is neither a bundled photo nor a file; bundled photos: astronaut"),
+    (["decode", "--model", "qwen-image", "--weights", "trained"], "--weights trained: trained weights exist for the tiny "
+                                                                 "presets only; add --tiny"),
+    (G + ["--pipeline", "wan2.1", "--weights", "random"], "--weights random: give a local diffusers pipeline folder"),
     (G + ["--pipeline", "sdxl"], "--pipeline: unknown pipeline 'sdxl'; accepted: qwen-image"),
     (G + ["--pipeline", "qwen-image", "--sp", "3", "--world", "2"], "--sp 3 x --cfg 1 must equal the ranks (--world 2)"),
     (G + ["--pipeline", "qwen-image", "--steps", "1"], "--steps: qwen-image needs steps >= 2"),
@@ -95,16 +99,16 @@ def test_a_corrupt_config_names_its_file(tmp_path):
 
 
 API_CASES = [
-    (lambda: DecodeJob(size=(0, 0, 1)), ValueError, "size must be (height, width[, frames]) of positive ints"),
-    (lambda: DecodeJob(model="sdxl"), KeyError, "unknown model 'sdxl'"),
-    (lambda: DecodeJob(batch=0), ValueError, "batch must be an int >= 1"),
-    (lambda: DecodeJob(dtype="int8"), ValueError, "unknown dtype 'int8'"),
-    (lambda: DecodeJob(size=(13, 13, 1)), ValueError, "multiples of 8 pixels"),
-    (lambda: LocalRunner("cpu").compare(DecodeJob(size=(64, 64, 1)), ["tiled"], tile=32), ValueError,
+    (lambda: DecodeJob(weights="random", size=(0, 0, 1)), ValueError, "size must be (height, width[, frames]) of positive ints"),
+    (lambda: DecodeJob(weights="random", model="sdxl"), KeyError, "unknown model 'sdxl'"),
+    (lambda: DecodeJob(weights="random", batch=0), ValueError, "batch must be an int >= 1"),
+    (lambda: DecodeJob(weights="random", dtype="int8"), ValueError, "unknown dtype 'int8'"),
+    (lambda: DecodeJob(weights="random", size=(13, 13, 1)), ValueError, "multiples of 8 pixels"),
+    (lambda: LocalRunner("cpu").compare(DecodeJob(weights="random", size=(64, 64, 1)), ["tiled"], tile=32), ValueError,
      "unknown decode parameter(s) tile; accepted:"),
-    (lambda: LocalRunner("cpu").compare(DecodeJob(size=(64, 64, 1)), ["tiles"]), ValueError, "unknown mode 'tiles'"),
-    (lambda: LocalRunner("cpu").decode(DecodeJob(size=(64, 64, 1)), "shard", halo=2), ValueError, "unknown decode parameter"),
-    (lambda: LocalRunner("cpu").decode(DecodeJob(size=(64, 64, 1)), "shard", attention="global"), ValueError,
+    (lambda: LocalRunner("cpu").compare(DecodeJob(weights="random", size=(64, 64, 1)), ["tiles"]), ValueError, "unknown mode 'tiles'"),
+    (lambda: LocalRunner("cpu").decode(DecodeJob(weights="random", size=(64, 64, 1)), "shard", halo=2), ValueError, "unknown decode parameter"),
+    (lambda: LocalRunner("cpu").decode(DecodeJob(weights="random", size=(64, 64, 1)), "shard", attention="global"), ValueError,
      "shard: attention='global' is not accepted; accepted: local_queries, all_queries"),
     (lambda: Cluster(world_size=0), ValueError, "world_size must be >= 1"),
     (lambda: Cluster(world_size=2, device="tpu"), ValueError, "unknown device 'tpu'"),
@@ -121,7 +125,7 @@ def test_the_memory_guard_refuses_before_any_decode():
     from workbench.runner import MemoryGuardError
 
     with pytest.raises(MemoryGuardError, match=r"tiled: estimated .* GiB per rank > budget .*; strategies that fit"):
-        LocalRunner("cpu").compare(DecodeJob(size=(512, 512, 1)), ["tiled"], memory_budget_gib=0.001)
+        LocalRunner("cpu").compare(DecodeJob(weights="random", size=(512, 512, 1)), ["tiled"], memory_budget_gib=0.001)
 
 
 def test_auto_alone_never_decodes_full_first(tmp_path):
@@ -147,5 +151,5 @@ def test_a_generation_that_cannot_fit_is_refused_before_building():
 
 
 def test_the_recorded_stride_is_the_one_the_plan_used():
-    result = LocalRunner("cpu").decode(DecodeJob(size=(512, 512, 1)), "tiled", tile_px=256, stride_px=192)
+    result = LocalRunner("cpu").decode(DecodeJob(weights="random", size=(512, 512, 1)), "tiled", tile_px=256, stride_px=192)
     assert result.params["stride_px"] == 128 and result.params["stride_px_requested"] == 192

@@ -25,7 +25,7 @@ def test_pool_is_reused_across_calls(clusters):
     cluster = clusters(2)
     pids = cluster.pids
     assert cluster.run(all_reduce_task, 1.0) == [3.0, 3.0]
-    job = DecodeJob(model="qwen-image", size=(64, 64, 1))
+    job = DecodeJob(weights="random", model="qwen-image", size=(64, 64, 1))
     first = cluster.decode(job, "shard")
     second = cluster.decode(job, "shard")
     assert cluster.pids == pids and [p for _, p, _ in cluster.run(pid_task)] == pids
@@ -41,7 +41,7 @@ def test_the_notebook_process_never_initialises_cuda():
         import torch
         from workbench.runner import Cluster, DecodeJob
         with Cluster(world_size={world}, device={DEVICE!r}) as cluster:
-            comparison = cluster.compare(DecodeJob(model="qwen-image", size=(64, 64, 1)), ["tiled", "shard"])
+            comparison = cluster.compare(DecodeJob(weights="random", model="qwen-image", size=(64, 64, 1)), ["tiled", "shard"])
         assert {{r.output.device.type for r in comparison.results.values()}} == {{"cpu"}}
         assert {{r.device.split(":")[0] for r in comparison.results.values()}} == {{{DEVICE.split(":")[0]!r}}}
         print("shard PSNR", comparison.quality["shard"].psnr_db, "cuda initialised:", torch.cuda.is_initialized())
@@ -154,5 +154,5 @@ def test_cli_world_spawns_a_local_pool(tmp_path, capsys):
                "--world", "2", "--device", "cpu", "--no-progress"])
     text = capsys.readouterr().out
     assert rc == 0 and "shard" in text and "patch" in text
-    full = run_local(DecodeJob(model="qwen-image", size=(64, 64, 1)), "full")
+    full = run_local(DecodeJob(weights="random", model="qwen-image", size=(64, 64, 1)), "full")
     assert full.output is not None

@@ -83,16 +83,16 @@ def test_the_trace_holds_the_whole_frame_attention_of_all_queries():
 
 
 def test_twins_are_cached_by_config_not_by_object():
-    qwen = build_vae("qwen-image", tiny=True)
-    glm = build_vae("glm-image", tiny=True)
+    qwen = build_vae("qwen-image", tiny=True, weights="random")
+    glm = build_vae("glm-image", tiny=True, weights="random")
     assert type(meta_twin(qwen)) is type(qwen) and type(meta_twin(glm)) is type(glm)
     del qwen
-    again = build_vae("wan2.1", tiny=True)  # may reuse the freed object's id
+    again = build_vae("wan2.1", tiny=True, weights="random")  # may reuse the freed object's id
     assert type(meta_twin(again)).__name__ == "AutoencoderKLWan"
 
 
 def test_video_extrapolation_matches_a_full_trace():
-    vae = build_vae("wan2.1", tiny=True)
+    vae = build_vae("wan2.1", tiny=True, weights="random")
     shape = latent_shape("wan2.1", 64, 64, 29)  # 8 latent frames
     from workbench.parallel.vae import cost
 

@@ -47,7 +47,7 @@ def recovered(pool, pids, t0, *, restarted: bool) -> None:
 
 @pytest.mark.parametrize("kind", ["error", "oom"])
 def test_a_rank_failing_inside_a_parallel_decode(pool, kind):
-    job = DecodeJob(model="qwen-image", size=(64, 64, 1))
+    job = DecodeJob(weights="random", model="qwen-image", size=(64, 64, 1))
     pool.decode(job, "shard")
     pids, t0 = pool.pids, time.monotonic()
     with pytest.raises(RankError) as info:
@@ -92,6 +92,6 @@ def test_a_worker_killed_in_the_middle_of_a_collective(pool):
 def test_an_error_on_every_rank_before_any_collective_keeps_a_gloo_pool(pool):
     pids = pool.pids
     with pytest.raises(RankError, match="cannot be split over world_size=2"):
-        pool.decode(DecodeJob(model="qwen-image", size=(8, 8, 1)), "shard")
+        pool.decode(DecodeJob(weights="random", model="qwen-image", size=(8, 8, 1)), "shard")
     assert pool.run(all_reduce_task, 1.0) == [3.0, 3.0]
     assert (pool.pids == pids) == (DEVICE == "cpu"), "gloo keeps the pool; NCCL restarts it after any failure"

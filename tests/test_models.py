@@ -80,11 +80,11 @@ def test_random_latents_follow_the_preset_statistics():
 
 
 def test_seeded_weights_are_reproducible_and_bf16_is_the_rounded_fp32_model():
-    a = build_vae("glm-image", tiny=True, seed=1)
-    b = build_vae("glm-image", tiny=True, seed=1, dtype="bfloat16")
+    a = build_vae("glm-image", tiny=True, weights="random", seed=1)
+    b = build_vae("glm-image", tiny=True, weights="random", seed=1, dtype="bfloat16")
     for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(pa.to(torch.bfloat16), pb), n
-    assert not torch.equal(a.decoder.conv_in.weight, build_vae("glm-image", tiny=True, seed=2).decoder.conv_in.weight)
+    assert not torch.equal(a.decoder.conv_in.weight, build_vae("glm-image", tiny=True, weights="random", seed=2).decoder.conv_in.weight)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -100,7 +100,7 @@ def test_real_configs_pass_the_folder_check_and_altered_ones_do_not(name):
 
 
 def test_local_weights_round_trip_and_errors(tmp_path):
-    vae = build_vae("qwen-image", tiny=True, seed=7)
+    vae = build_vae("qwen-image", tiny=True, weights="random", seed=7)
     vae.save_pretrained(tmp_path / "pipe" / "vae")
     loaded = build_vae("qwen-image", weights=tmp_path / "pipe")  # a pipeline folder with vae/
     for (n, p), (_, q) in zip(vae.named_parameters(), loaded.named_parameters()):
@@ -109,7 +109,7 @@ def test_local_weights_round_trip_and_errors(tmp_path):
         build_vae("qwen-image", weights=tmp_path / "missing")
     with pytest.raises(ModelError, match="holds a AutoencoderKLQwenImage, the preset needs a AutoencoderKL"):
         build_vae("glm-image", weights=tmp_path / "pipe")
-    other = build_vae("qwen-image", tiny=True)
+    other = build_vae("qwen-image", tiny=True, weights="random")
     other.register_to_config(base_dim=12)
     other.save_pretrained(tmp_path / "odd")
     with pytest.raises(ModelError, match="base_dim=12"):

@@ -75,13 +75,13 @@ def reference(job: DecodeJob) -> torch.Tensor:
 class TestFull:
     @pytest.mark.parametrize("model", PRESET_NAMES)
     def test_equals_diffusers_bit_for_bit(self, model):
-        job = DecodeJob(model=model, size=SMALL[model])
+        job = DecodeJob(weights="random", model=model, size=SMALL[model])
         result = run_local(job, "full")
         assert torch.equal(result.output, reference(job))
 
     @pytest.mark.parametrize("model", ["qwen-image", "wan2.1"])
     def test_equals_diffusers_in_bfloat16_and_with_a_batch(self, model):
-        job = DecodeJob(model=model, size=SMALL[model], dtype="bfloat16", batch=2)
+        job = DecodeJob(weights="random", model=model, size=SMALL[model], dtype="bfloat16", batch=2)
         result = run_local(job, "full")
         assert result.output.dtype == torch.bfloat16
         assert torch.equal(result.output, reference(job))
@@ -91,7 +91,7 @@ class TestTiled:
     @pytest.mark.parametrize("model", PRESET_NAMES)
     def test_one_tile_is_the_full_decode(self, model):
         # A tile as large as the image gets weight 1 everywhere: the blend must add nothing of its own.
-        job = DecodeJob(model=model, size=SMALL[model])
+        job = DecodeJob(weights="random", model=model, size=SMALL[model])
         s = get_preset(model).spatial_ratio
         tiled = run_local(job, "tiled", {"tile_px": 16 * s, "stride_px": 16 * s})
         assert len(tiled.plan.items) == 1
@@ -100,7 +100,7 @@ class TestTiled:
     @pytest.mark.parametrize("model", VIDEO_PRESETS)
     def test_temporal_windows_keep_the_causal_decode_exact(self, model):
         # Each tile keeps its own frame cache across windows: any window size gives the one-pass output.
-        job = DecodeJob(model=model, size=(128, 128, 13) if model == "wan2.1" else (128, 128, 13))
+        job = DecodeJob(weights="random", model=model, size=(128, 128, 13) if model == "wan2.1" else (128, 128, 13))
         s = get_preset(model).spatial_ratio
         params = {"tile_px": 8 * s, "stride_px": 6 * s}
         one_pass = run_local(job, "tiled", params).output
@@ -108,7 +108,7 @@ class TestTiled:
             assert torch.equal(run_local(job, "tiled", {**params, "tile_frames": window}).output, one_pass)
 
     def test_a_batch_decodes_each_sample_as_alone(self):
-        job = DecodeJob(model="qwen-image", size=(128, 192, 1), batch=2, device=DEVICE)
+        job = DecodeJob(weights="random", model="qwen-image", size=(128, 192, 1), batch=2, device=DEVICE)
         params = {"tile_px": 64, "stride_px": 48}
         both = run_local(job, "tiled", params).output
         vae = load_model(job)
@@ -126,7 +126,7 @@ class TestTiled:
         only to itself, differs from the full decode everywhere a little; the interior error stays under
         0.01 (the outputs' std is about 0.1), while the seam band is clearly worse.
         """
-        job = DecodeJob(model=model, size=(768, 768, 1) if model == "qwen-image" else (512, 512, 5))
+        job = DecodeJob(weights="random", model=model, size=(768, 768, 1) if model == "qwen-image" else (512, 512, 5))
         full = run_local(job, "full").output
         tiled = run_local(job, "tiled", {"tile_px": 256, "stride_px": 192})
         q = compare(tiled.output, full, tiled.plan)
@@ -140,7 +140,7 @@ class TestTiled:
     def test_glm_error_is_measured(self, record_property):
         """AutoencoderKL normalises with GroupNorm: per-tile statistics shift every tile a little, so the
         tiled error is spread over the tiles rather than at their seams. It is measured, not hidden."""
-        job = DecodeJob(model="glm-image", size=(512, 512, 1))
+        job = DecodeJob(weights="random", model="glm-image", size=(512, 512, 1))
         full = run_local(job, "full").output
         tiled = run_local(job, "tiled", {"tile_px": 256, "stride_px": 192})
         q = compare(tiled.output, full, tiled.plan)
@@ -153,7 +153,7 @@ class TestTiled:
 class TestShard:
     @pytest.mark.parametrize("model", PRESET_NAMES)
     def test_equals_full_at_world_1_2_3_4(self, model, clusters):
-        job = DecodeJob(model=model, size=UNEVEN[model])
+        job = DecodeJob(weights="random", model=model, size=UNEVEN[model])
         full = run_local(job, "full").output
         assert rel_error(run_local(job, "shard").output, full) <= SHARD_FP32_REL  # world 1: no collectives
         for world in (2, 3, 4):
@@ -168,7 +168,7 @@ class TestShard:
         """attention="all_queries" in row bands over 2 and 4 ranks: torch.equal to full in float32. The default,
         local_queries, attends a band's queries alone, which sums differently on uneven bands (13 rows over 4)."""
         torch.set_num_threads(1)  # the workers run one thread each; keep the reference's kernels the same
-        job = DecodeJob(model=model, size=UNEVEN[model])
+        job = DecodeJob(weights="random", model=model, size=UNEVEN[model])
         full = run_local(job, "full").output
         for world in (2, 4):
             exact = clusters(world).decode(job, "shard", attention="all_queries", grid=(world, 1))
@@ -180,8 +180,8 @@ class TestShard:
 
     @pytest.mark.parametrize("model", ["qwen-image", "wan2.1", "glm-image"])
     def test_bfloat16_stays_within_bf16_rounding(self, model, clusters):
-        exact = run_local(DecodeJob(model=model, size=UNEVEN[model]), "full").output.double()
-        job = DecodeJob(model=model, size=UNEVEN[model], dtype="bfloat16")
+        exact = run_local(DecodeJob(weights="random", model=model, size=UNEVEN[model]), "full").output.double()
+        job = DecodeJob(weights="random", model=model, size=UNEVEN[model], dtype="bfloat16")
         single = (run_local(job, "full").output.double() - exact).abs()
         result = clusters(4).decode(job, "shard")
         assert result.output.dtype == torch.bfloat16
@@ -190,7 +190,7 @@ class TestShard:
         assert sharded.max() <= BF16_MAX_SLACK * single.max(), (sharded.max(), single.max())
 
     def test_output_modes_and_batches(self, clusters):
-        job = DecodeJob(model="glm-image", size=(64, 96, 1), batch=2)
+        job = DecodeJob(weights="random", model="glm-image", size=(64, 96, 1), batch=2)
         full = run_local(job, "full").output
         cluster = clusters(2)
         outs = cluster.run(rank_outputs_task, job, "shard", {"output": "rank0"})
@@ -204,7 +204,7 @@ class TestShard:
     def test_refuses_latents_smaller_than_the_world(self, clusters):
         from workbench.runtime import RankError
 
-        job = DecodeJob(model="qwen-image", size=(8, 16, 1))  # a 1 x 2 latent cannot be split 4 ways
+        job = DecodeJob(weights="random", model="qwen-image", size=(8, 16, 1))  # a 1 x 2 latent cannot be split 4 ways
         with pytest.raises(RankError, match="cannot be split over world_size=4.*mode='full'"):
             clusters(4).decode(job, "shard")
 
@@ -214,7 +214,7 @@ class TestParallelTiled:
     @pytest.mark.parametrize("merge", ["allgather", "rank0", "rank0-only"])
     def test_equals_serial_tiled_exactly(self, merge, clusters):
         torch.set_num_threads(1)  # the workers run one thread each; keep the reference's kernels the same
-        job = DecodeJob(model="wan2.1", size=(104, 88, 9))
+        job = DecodeJob(weights="random", model="wan2.1", size=(104, 88, 9))
         params = {"tile_px": 48, "stride_px": 32, "merge": merge}
         serial = run_local(job, "tiled", params).output
         for world in (2, 3):
@@ -229,7 +229,7 @@ class TestParallelTiled:
         assert same_tiles(windows.output, serial), "temporal windows gather per window, same output"
 
     def test_balances_work(self, clusters):
-        job = DecodeJob(model="qwen-image", size=(200, 136, 1))  # 25 x 17 latent: edge tiles differ in size
+        job = DecodeJob(weights="random", model="qwen-image", size=(200, 136, 1))  # 25 x 17 latent: edge tiles differ in size
         result = clusters(3).decode(job, "parallel_tiled", tile_px=64, stride_px=48)
         work = result.plan.work_by_rank(3)
         assert max(work) - min(work) <= max(t.area for t in result.plan.items)
@@ -239,7 +239,7 @@ class TestParallelTiled:
 @pytest.mark.slow
 class TestPatch:
     def test_shows_its_seams(self, clusters, record_property):
-        job = DecodeJob(model="qwen-image", size=(128, 128, 1))
+        job = DecodeJob(weights="random", model="qwen-image", size=(128, 128, 1))
         full = run_local(job, "full").output
         errors = {}
         for halo in (0, 2):
@@ -256,7 +256,7 @@ class TestPatch:
         """The default halo is SGLang's for 256/192 px tiles (4 latent rows at 8x), so a comparison with SGLang's
         patch decode is like for like; on this 16 x 16 latent over 2 x 2 patches it is measurably closer to full
         than a halo of 1 (measured: 40.9 dB against 29.1 dB). Margin PATCH_HALO_GAIN_DB: well inside that gap."""
-        job = DecodeJob(model="qwen-image", size=(128, 128, 1))
+        job = DecodeJob(weights="random", model="qwen-image", size=(128, 128, 1))
         full = run_local(job, "full").output
         default = clusters(4).decode(job, "patch")
         one = clusters(4).decode(job, "patch", halo_latent=1)
@@ -271,7 +271,7 @@ class TestAuto:
     def test_explains_its_choice(self, clusters):
         # Estimated peaks of this tiny 256 x 256 decode: full ~47 MiB, shard over 2 ranks ~25 MiB per rank,
         # 128 px tiles ~17 MiB. A 20 MiB budget therefore leaves only tiles.
-        job = DecodeJob(model="qwen-image", size=(256, 256, 1))
+        job = DecodeJob(weights="random", model="qwen-image", size=(256, 256, 1))
         full = run_local(job, "full").output
         roomy = clusters(2).decode(job, "auto", memory_budget_gib=64)
         assert roomy.choice == "shard" and "splits the whole decode exactly" in roomy.reason
@@ -288,7 +288,7 @@ class TestAuto:
 
 class TestDecodeAPI:
     def test_result_is_json_serialisable_without_the_tensor(self, tmp_path):
-        job = DecodeJob(model="wan2.1", size=(64, 64, 5))
+        job = DecodeJob(weights="random", model="wan2.1", size=(64, 64, 5))
         result = run_local(job, "tiled", {"tile_px": 32, "stride_px": 24})
         result.save(tmp_path / "r.json")
         d = json.loads((tmp_path / "r.json").read_text())
@@ -298,7 +298,7 @@ class TestDecodeAPI:
         assert {"torch", "diffusers", "python"} <= set(d["versions"])
 
     def test_unknown_mode_and_parameters_are_named(self):
-        job = DecodeJob(model="qwen-image", size=(64, 64, 1))
+        job = DecodeJob(weights="random", model="qwen-image", size=(64, 64, 1))
         vae, z = load_model(job), job.latents()
         with pytest.raises(ValueError, match="accepted: full, tiled"):
             decode(vae, z, "tiles")

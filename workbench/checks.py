@@ -92,13 +92,19 @@ def check_out(out: str | None) -> None:
         raise BadInput(f"--out {out!r}: {parent} is not writable; give a folder you can write to")
 
 
-def check_weights(weights: str | None) -> None:
-    if weights is None:
+def check_weights(weights: str | None, tiny: bool = True, folder_only: bool = False) -> None:
+    """--weights: trained (tiny only), random, or a local diffusers folder (`folder_only`: a folder or nothing)."""
+    if folder_only and weights in ("trained", "random"):
+        raise BadInput(f"--weights {weights}: give a local diffusers pipeline folder, or leave it out "
+                       "(tiny pipelines use the trained tiny VAE, other weights are seeded)")
+    if weights == "trained" and not tiny:
+        raise BadInput("--weights trained: trained weights exist for the tiny presets only; add --tiny")
+    if weights is None or weights in ("trained", "random"):
         return
     path = Path(weights)
     if not path.is_dir():
-        raise BadInput(f"--weights {weights!r} is not a folder; give a local diffusers folder (config.json + "
-                       "safetensors, or a pipeline folder with vae/)")
+        raise BadInput(f"--weights {weights!r} is not a folder; give trained, random or a local diffusers folder "
+                       "(config.json + safetensors, or a pipeline folder with vae/)")
     for config in (path / "vae" / "config.json", path / "config.json"):
         if config.is_file():
             try:
@@ -106,6 +112,15 @@ def check_weights(weights: str | None) -> None:
             except json.JSONDecodeError as e:
                 raise BadInput(f"--weights: {config} is not valid JSON: {e}") from None
             return
+
+
+def check_image(image: str | None) -> None:
+    from .models.bundled import check_image as check
+
+    try:
+        check(image)
+    except ValueError as e:
+        raise BadInput(f"--image: {e}") from None
 
 
 def _grid(grid) -> tuple[int, int] | None:

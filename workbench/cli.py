@@ -29,7 +29,11 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
                    help=f"preset: {', '.join(PRESET_NAMES)} (default: qwen-image)")
     p.add_argument("--size", default=None, help="HxW or HxWxF in pixels (default: 512x512, or 128x128x9 for video)")
     p.add_argument("--tiny", action="store_true", help="the preset's tiny config (CPU friendly)")
-    p.add_argument("--weights", default=None, metavar="PATH", help="local diffusers folder with real weights")
+    p.add_argument("--weights", default=None, metavar="trained|random|PATH",
+                   help="trained (the default with --tiny: data/weights), random (seeded), or a local diffusers folder")
+    p.add_argument("--image", default=None, metavar="NAME|PATH",
+                   help="decode this picture's latent (a bundled photo such as chelsea, or an image/video file) "
+                        "instead of random latents; a photo becomes a camera-motion clip at a video size")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu, cuda or npu (default: the platform's accelerator, else cpu)")
     p.add_argument("--seed", type=int, default=0)
@@ -52,6 +56,7 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="Parallel VAE decode workbench")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train-tiny", help="train a tiny VAE family on the bundled photos (see train-tiny --help)")
 
     d = sub.add_parser("decode", help="decode one latent with several strategies and compare them")
     _add_job_args(d)
@@ -123,7 +128,8 @@ def _check_decode(args, modes: list[str]) -> tuple[dict, int]:
     kind = checks.check_device(args.device) or "cpu"
     world = checks.check_world(args.world, kind)
     checks.check_out(args.out)
-    checks.check_weights(args.weights)
+    checks.check_weights(args.weights, args.tiny)
+    checks.check_image(args.image)
     size = args.size or _default_size(args)
     params = checks.check_decode(model=args.model, size=size, modes=modes, world=world, tiny=args.tiny,
                                  dtype=args.dtype, batch=args.batch, tile_px=args.tile_px, stride_px=args.stride_px,
@@ -139,7 +145,7 @@ def _job(args):
 
     size = parse_size(args.size or _default_size(args))
     return DecodeJob(model=get_preset(args.model).name, size=size, tiny=args.tiny, weights=args.weights,
-                     dtype=args.dtype, device=args.device or "cpu", seed=args.seed, batch=args.batch)
+                     dtype=args.dtype, device=args.device or "cpu", seed=args.seed, batch=args.batch, image=args.image)
 
 
 def _modes(text: str) -> list[str]:
@@ -223,7 +229,7 @@ def cmd_generate(args) -> int:
     if checks.under_torchrun():
         world = int(os.environ["WORLD_SIZE"])
     checks.check_out(args.out)
-    checks.check_weights(args.weights)
+    checks.check_weights(args.weights, folder_only=True)
     checks.check_generate(pipeline=args.pipeline, size=args.size, steps=args.steps, world=world, sp=args.sp,
                           cfg=args.cfg, attention=args.attention, decode=args.decode, dtype=args.dtype,
                           tiny=args.tiny, guidance_scale=args.guidance_scale)
@@ -251,6 +257,11 @@ def _positive_args(args, **minimums) -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train-tiny"]:  # its own parser: python -m workbench train-tiny --help
+        from .models.train import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

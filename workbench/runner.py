@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .models import build_vae, check_latents, get_preset, latent_shape, parse_dtype, random_latents
+from .models.bundled import check_image
 from .runtime import RankFailure, WorkerPool, local_context
 
 __all__ = ["DecodeJob", "Runner", "LocalRunner", "Cluster", "SpmdRunner", "make_runner", "run_decode",
@@ -35,7 +36,8 @@ __all__ = ["DecodeJob", "Runner", "LocalRunner", "Cluster", "SpmdRunner", "make_
 
 @dataclass(frozen=True)
 class DecodeJob:
-    """What to decode: a preset at a size, with random (seeded) or real (local folder) weights.
+    """What to decode: a preset at a size; weights None (tiny: the trained ones), "trained", "random" or a
+    local folder; random latents or a picture (`image`) through the encoder.
 
     `device` is where a LocalRunner decodes; a Cluster or torchrun rank uses its own device instead."""
 
@@ -47,6 +49,7 @@ class DecodeJob:
     device: str = "cpu"
     seed: int = 0
     batch: int = 1
+    image: str | None = None  # a bundled photo's name or an image/video file: encoded in place of random latents
 
     def __post_init__(self):
         object.__setattr__(self, "model", get_preset(self.model).name)  # a KeyError naming the presets
@@ -60,14 +63,39 @@ class DecodeJob:
             raise ValueError(f"size must be (height, width[, frames]) of positive ints in pixels, got {self.size!r}")
         object.__setattr__(self, "size", size)
         self.latent_shape()
+        check_image(self.image)
 
     def latent_shape(self) -> tuple[int, ...]:
         h, w, f = self.size
         return latent_shape(self.model, h, w, f, batch=self.batch)
 
-    def latents(self, device=None) -> torch.Tensor:
-        return random_latents(self.model, self.latent_shape(), seed=self.seed, dtype=self.dtype,
-                              device=device or self.device)
+    def picture(self) -> torch.Tensor | None:
+        """The `image` at the job's size, (3, H, W) or (3, F, H, W) in [-1, 1] (a still photo becomes a seeded
+        camera-motion clip for a video size); None without an image."""
+        if self.image is None:
+            return None
+        from .models.photos import photo_to_size, synthetic_clip
+        from .models.trained import load_picture
+
+        h, w, f = self.size
+        picture = load_picture(self.image)
+        if f > 1 and picture.dim() == 3:
+            return synthetic_clip(picture, f, h, w, seed=self.seed, min_scale=0.7)
+        return photo_to_size(picture, h, w)
+
+    def latents(self, device=None, vae=None) -> torch.Tensor:
+        """What to decode: the picture through `vae`'s encoder, else seeded random latents with the preset's
+        statistics."""
+        if self.image is None:
+            return random_latents(self.model, self.latent_shape(), seed=self.seed, dtype=self.dtype,
+                                  device=device or self.device)
+        if vae is None:
+            raise ValueError("a job with an image needs its VAE to encode it: job.latents(device, vae)")
+        from .models.trained import encode
+
+        h, w, f = self.size
+        z = encode(vae, self.picture(), height=h, width=w, frames=f)
+        return z.expand(self.batch, *z.shape[1:]).contiguous()
 
     def on(self, device) -> DecodeJob:
         return replace(self, device=str(device))
@@ -177,7 +205,7 @@ def compare_on_ranks(ctx, job: DecodeJob, modes, params: dict | None = None, *, 
         modes = ["full"] + [m for m in modes if m != "full"]
     job = job.on(ctx.device)
     vae = load_model(job, ctx.device)
-    z = job.latents(ctx.device)
+    z = job.latents(ctx.device, vae)
     check_latents(job.model, z)
     given = (params or {}).get("memory_budget_gib")
     budget = budget or (int(given * 2**30) if given else budget_bytes(ctx))  # --budget-gib binds every mode
@@ -232,8 +260,8 @@ def compare_task(ctx, job, modes, params, options):
 def decode_task(ctx, job, mode: str, params: dict, profile: bool = True):
     """Cluster task: one decode on every rank; rank 0's Result, the other ranks' sharded blocks (if any)."""
     job = job.on(ctx.device)
-    result = run_decode(ctx, load_model(job, ctx.device), job.latents(ctx.device), mode, params, profile=profile,
-                        model=job.model)
+    vae = load_model(job, ctx.device)
+    result = run_decode(ctx, vae, job.latents(ctx.device, vae), mode, params, profile=profile, model=job.model)
     if ctx.is_main:
         return result
     return result.output if result is not None and result.params.get("output") == "sharded" else None
@@ -315,7 +343,8 @@ class LocalRunner(Runner):
     def decode(self, job: DecodeJob, mode: str, **params):
         _check_known([mode], params)
         job = job.on(self.ctx.device)
-        return run_decode(self.ctx, load_model(job), job.latents(), mode, params, model=job.model)
+        vae = load_model(job)
+        return run_decode(self.ctx, vae, job.latents(vae=vae), mode, params, model=job.model)
 
     def _generate(self, request, options):
         from .pipeline.run import run_generation

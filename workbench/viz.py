@@ -34,6 +34,21 @@ def save_png(x: torch.Tensor, path, frame: int = 0) -> None:
     Image.fromarray(to_image(x, frame)).save(path)
 
 
+def plot_input(job, frame: int = 0):
+    """The picture a job encodes (its `image` at the job's size), the input every strategy's output is judged by."""
+    picture = job.picture()[None]  # (1, 3, [F,] H, W)
+    frame = min(frame, picture.shape[2] - 1) if picture.dim() == 5 else 0
+    h, w, _ = job.size
+    fig = new_figure((5, 5 * h / w + 0.6))
+    ax = fig.add_subplot()
+    ax.imshow(to_image(picture, frame), extent=(0, w, h, 0))
+    ax.set_title(f"input: {job.image}, {h}x{w}" + (f", frame {frame}" if picture.dim() == 5 else ""))
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    fig.tight_layout()
+    return fig
+
+
 def rank_colours(n: int):
     import matplotlib
 

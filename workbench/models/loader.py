@@ -1,7 +1,8 @@
-"""Building models: seeded random weights, or a local diffusers folder (checked against the preset).
+"""Building models: the trained tiny weights, seeded random weights, or a local diffusers folder.
 
-    vae = build_vae("qwen-image", tiny=True)                 # seeded random weights
-    vae = build_vae("wan2.1", weights="/models/Wan2.1")      # a local folder; nothing is downloaded
+    vae = build_vae("qwen-image", tiny=True)                    # the trained tiny weights in data/weights/
+    vae = build_vae("qwen-image", tiny=True, weights="random")   # seeded random weights, narrow test config
+    vae = build_vae("wan2.1", weights="/models/Wan2.1")         # a local folder; nothing is downloaded
 
 `load_local` is the one loader of local folders (VAEs here, transformers in `workbench.pipeline`); `seeded`
 is the one way the workbench draws random weights.
@@ -17,7 +18,7 @@ import torch
 from .presets import ModelError, Preset, get_preset
 from .shapes import check_dtype
 
-__all__ = ["ModelError", "parse_dtype", "build_vae", "load_local", "seeded", "finish", "vae_class", "vae_config",
+__all__ = ["ModelError", "WEIGHT_KINDS", "parse_dtype", "build_vae", "load_local", "seeded", "finish", "vae_class", "vae_config",
            "count_parameters", "default_dtype", "keep_in_fp32", "read_config", "DTYPES"]
 
 # Config keys that fix the architecture; a local folder whose config differs in any of them is refused.
@@ -68,21 +69,36 @@ def finish(module, dtype):
     return torch.nn.Module.to(module, dtype=parse_dtype(dtype)).eval().requires_grad_(False)
 
 
+WEIGHT_KINDS = ("trained", "random")  # beside a local folder's path
+
+
 def build_vae(preset: Preset | str, *, tiny: bool = False, weights: str | Path | None = None,
               dtype="float32", device="cpu", seed: int = 0):
-    """The preset's VAE in eval mode: seeded random weights, or real weights from a local folder.
+    """The preset's VAE in eval mode.
 
-    `weights` is a diffusers-format folder: the VAE folder itself (config.json + safetensors) or a
-    pipeline folder with a `vae/` subfolder. Nothing is downloaded.
+    `weights`:
+      - None: for a tiny preset the trained tiny weights, else seeded random weights of the real size;
+      - "trained": the trained tiny weights shipped in data/weights/ (tiny presets only);
+      - "random": seeded random weights (tiny: the narrow `tiny_config` the strategy tests use);
+      - a path: a diffusers-format folder, the VAE folder itself (config.json + safetensors) or a
+        pipeline folder with a `vae/` subfolder. Nothing is downloaded.
 
         >>> vae = build_vae("qwen-image", tiny=True)
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     dtype = parse_dtype(dtype)
-    if weights is not None:
-        folder = _vae_folder(preset, Path(weights))
-        return load_local(vae_class(preset), folder, dtype=dtype, device=device, preset=preset)
+    kind = weights if weights in WEIGHT_KINDS else ("trained" if tiny else "random") if weights is None else None
     cls = vae_class(preset)
+    if kind is None:
+        folder = _vae_folder(preset, Path(weights))
+        return load_local(cls, folder, dtype=dtype, device=device, preset=preset)
+    if kind == "trained":
+        if not tiny:
+            raise ModelError(f"{preset.name}: trained weights exist for the tiny presets only; pass tiny=True, "
+                             "weights='random' or a local folder")
+        from .trained import load_trained
+
+        return finish(load_trained(seeded(seed, device, lambda: cls(**preset.trained_config)), preset.name), dtype)
     config = preset.tiny_config if tiny else preset.config
     return finish(seeded(seed, device, lambda: cls(**config)), dtype)
 

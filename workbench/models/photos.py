@@ -20,39 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-HELD_OUT = ("chelsea", "coffee")
-
-# name -> (package, file). Colour photos first; greys are converted to three equal channels.
-_COLOUR = {
-    "astronaut": ("skimage", "astronaut.png"),
-    "chelsea": ("skimage", "chelsea.png"),
-    "coffee": ("skimage", "coffee.png"),
-    "rocket": ("skimage", "rocket.jpg"),
-    "hubble_deep_field": ("skimage", "hubble_deep_field.jpg"),
-    "immunohistochemistry": ("skimage", "ihc.png"),
-    "retina": ("skimage", "retina.jpg"),
-    "motorcycle_left": ("skimage", "motorcycle_left.png"),
-    "motorcycle_right": ("skimage", "motorcycle_right.png"),
-    "color": ("skimage", "color.png"),
-    "logo": ("skimage", "logo.png"),
-    "horse": ("skimage", "horse.png"),
-    "chessboard_rgb": ("skimage", "chessboard_RGB.png"),
-    "grace_hopper": ("matplotlib", "grace_hopper.jpg"),
-    "minduka_present": ("matplotlib", "Minduka_Present_Blue_Pack.png"),
-}
-_GREY = {
-    "camera": ("skimage", "camera.png"),
-    "moon": ("skimage", "moon.png"),
-    "brick": ("skimage", "brick.png"),
-    "grass": ("skimage", "grass.png"),
-    "gravel": ("skimage", "gravel.png"),
-    "coins": ("skimage", "coins.png"),
-    "page": ("skimage", "page.png"),
-    "text": ("skimage", "text.png"),
-    "cell": ("skimage", "cell.png"),
-    "clock_motion": ("skimage", "clock_motion.png"),
-}
-_FILES = {**_COLOUR, **_GREY}
+from .bundled import COLOUR, FILES, GREY, HELD_OUT, PHOTOS  # noqa: F401  (re-exported; torch-free)
 
 
 def _folder(package: str) -> Path:
@@ -70,7 +38,7 @@ def _folder(package: str) -> Path:
 def photo_path(name: str) -> Path:
     """The file of a bundled photo; a KeyError naming the accepted names otherwise."""
     try:
-        package, file = _FILES[name]
+        package, file = FILES[name]
     except KeyError:
         raise KeyError(f"unknown photo {name!r}; accepted: {', '.join(photo_names())}") from None
     return _folder(package) / file
@@ -81,8 +49,8 @@ def photo_names(split: str = "all") -> tuple[str, ...]:
     'colour' (training photos in colour), 'grey' or 'held_out'."""
     if split not in ("all", "train", "colour", "grey", "held_out"):
         raise ValueError(f"split must be all, train, colour, grey or held_out, got {split!r}")
-    names = {"all": _FILES, "train": _FILES, "colour": _COLOUR, "grey": _GREY, "held_out": HELD_OUT}[split]
-    names = [n for n in names if (_folder(_FILES[n][0]) / _FILES[n][1]).is_file()]
+    names = {"all": FILES, "train": FILES, "colour": COLOUR, "grey": GREY, "held_out": HELD_OUT}[split]
+    names = [n for n in names if (_folder(FILES[n][0]) / FILES[n][1]).is_file()]
     if split != "held_out" and split != "all":
         names = [n for n in names if n not in HELD_OUT]
     return tuple(names)
@@ -255,7 +223,7 @@ class TrainingPhotos:
                 img = photo_to_size(img, round(img.shape[1] * 1024 / big), round(img.shape[2] * 1024 / big))
             half = F.interpolate(img[None], scale_factor=0.5, mode="bilinear", antialias=True)[0]
             self.images.append((img.to(self.device), half.to(self.device)))
-        w = torch.tensor([colour_weight if n in _COLOUR else 1.0 for n in names])
+        w = torch.tensor([colour_weight if n in COLOUR else 1.0 for n in names])
         self.weights = w / w.sum()
 
     def _rand(self, *shape):

@@ -1,6 +1,6 @@
 """Train the tiny VAE presets on the bundled photos and write the weights that ship in data/weights/.
 
-    python -m workbench.models.train --family wan --seconds 450 --out data/weights
+    python -m workbench train-tiny --family wan --seconds 470 --out data/weights   (= python -m workbench.models.train)
 
 One run per architecture family (see trained.FAMILIES): `wan` (Wan2.1 / Wan2.2-A14B / Qwen-Image /
 Qwen-Image-Edit, one architecture), `wan22` (Wan2.2-TI2V-5B: 48 channels, 2x2 patches, 16x) and `glm`
@@ -241,8 +241,8 @@ def train(family: str, *, seconds: float | None = 480, steps: int | None = None,
                      "float32; '256': 256x256 resize+centre crop; 'full': own size cropped to multiples of 32 "
                      "(chelsea 288x448, coffee 384x576); 'clip': 17-frame 256x256 pan-and-zoom clip "
                      f"({EVAL_CLIP}), PSNR over all frames, and its worst frame",
-        "command": " ".join(["python -m workbench.models.train", *sys.argv[1:]]) if sys.argv[1:] else None,
-        "reproduce": (f"python -m workbench.models.train --family {family} --steps {step} --seed {seed} "
+        "command": " ".join(["python -m workbench train-tiny", *sys.argv[1:]]) if sys.argv[1:] else None,
+        "reproduce": (f"python -m workbench train-tiny --family {family} --steps {step} --seed {seed} "
                       f"--out {out}{extra}"),
     }
     (out / f"{family}.json").write_text(json.dumps(card, indent=1) + "\n")
@@ -289,7 +289,7 @@ Serves the tiny presets {', '.join(f'`{p}`' for p in card['presets'])} (their `t
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workbench.models.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m workbench train-tiny", description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", required=True, choices=sorted(FAMILIES))
     parser.add_argument("--seconds", type=float, default=480, help="wall-clock budget, evaluation included")
     parser.add_argument("--steps", type=int, default=None, help="a fixed number of steps (overrides --seconds)")

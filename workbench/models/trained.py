@@ -3,8 +3,7 @@
 One file per architecture family under ``data/weights/`` (or the folder named by the environment
 variable ``WORKBENCH_WEIGHTS``): the whole VAE state dict (encoder and decoder) in fp16 safetensors.
 
-    >>> vae = build_vae("qwen-image", tiny=True)          # seeded random weights
-    >>> load_trained(vae, "qwen-image")                  # the trained tiny weights, in place
+    >>> vae = build_vae("qwen-image", tiny=True)           # loads the trained tiny weights (load_trained)
     >>> z = encode(vae, "chelsea", height=256, width=256)  # (1, 16, 1, 32, 32)
 """
 
@@ -57,14 +56,17 @@ def trained_weights_path(preset_name: str) -> Path | None:
 def load_trained(vae, preset_name: str, path: str | Path | None = None):
     """Load the preset's trained tiny weights into a built tiny VAE (in place; cast to its dtype and device).
 
-    Returns the VAE. Raises FileNotFoundError when no weights are shipped, and ValueError when the VAE's
-    architecture differs from the one trained (for example a tiny config of another width)."""
+    Returns the VAE. Raises ModelError when no weights are shipped, or when the VAE's architecture
+    differs from the one trained (for example the narrow test config)."""
     from safetensors.torch import load_file
+
+    from .presets import ModelError
 
     path = Path(path) if path is not None else trained_weights_path(preset_name)
     if path is None or not Path(path).is_file():
-        raise FileNotFoundError(f"{preset_name}: no trained tiny weights in {weights_dir()} "
-                                f"(expected {family_of(preset_name)}.safetensors)")
+        raise ModelError(f"{preset_name}: no trained tiny weights in {weights_dir()} (expected "
+                         f"{family_of(preset_name)}.safetensors; set WORKBENCH_WEIGHTS to their folder), "
+                         "or pass weights='random'")
     state = load_file(str(path))
     own = vae.state_dict()
     missing = sorted(set(own) - set(state))
@@ -73,8 +75,8 @@ def load_trained(vae, preset_name: str, path: str | Path | None = None):
     if missing or extra or wrong:
         detail = "; ".join(f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
                            for what, keys in (("missing", missing), ("unexpected", extra), ("shape", wrong)) if keys)
-        raise ValueError(f"{preset_name}: the weights in {path} do not fit this VAE ({detail}); "
-                         "they were trained for the tiny config in presets.py")
+        raise ModelError(f"{preset_name}: the weights in {path} do not fit this VAE ({detail}); "
+                         "they were trained for the preset's trained_config in presets.py")
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(state[k].to(dtype=v.dtype, device=v.device))
@@ -128,9 +130,9 @@ def load_picture(source) -> torch.Tensor:
     (3, H, W) or (3, F, H, W) float in [-1, 1] (a leading batch of 1 is dropped)."""
     import numpy as np
 
-    from .photos import _FILES, load_photo, to_tensor
+    from .photos import FILES, load_photo, to_tensor
 
-    if isinstance(source, str) and source in _FILES:
+    if isinstance(source, str) and source in FILES:
         return load_photo(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)

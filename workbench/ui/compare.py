@@ -130,6 +130,11 @@ class StrategyComparer(DecodeExplorer):
             return
         ref = c.reference.output if c.reference is not None else None
         cells = []
+        if c.job.image is not None:
+            out = w.Output(layout=w.Layout(min_width="0"))
+            with out:
+                show(viz.plot_input(c.job, self.frame.value))
+            cells.append(out)
         for mode, result in c.results.items():
             if result.output is None:
                 continue

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from ..models import PRESETS, get_preset, latent_shape
+from ..models.bundled import PHOTOS
 from ..parallel.vae import PARALLEL, STRATEGIES
 from ..report import Comparison
 from .common import (
@@ -26,24 +27,26 @@ from .common import (
 
 __all__ = ["DecodeExplorer", "show_comparison", "show_strategies", "WEIGHT_SOURCES"]
 
-# Where the VAE's weights come from: name -> function(panel) giving DecodeJob.weights (None: seeded random).
-# A "trained tiny" source (small VAEs trained to reconstruct) is not available yet: register it here when it
-# is, e.g. WEIGHT_SOURCES["trained tiny"] = lambda panel: trained_tiny_folder(panel.model.value).
+# Where the VAE's weights come from: name -> function(panel) giving DecodeJob.weights.
 WEIGHT_SOURCES = {
-    "random (seeded)": lambda panel: None,
+    "trained (tiny)": lambda panel: "trained",
+    "random (seeded)": lambda panel: "random",
     "local folder": lambda panel: panel.weights_path.value.strip() or None,
 }
+RANDOM_LATENTS = "(random latents)"  # the picture dropdown's entry for seeded random latents
 
 TILED = ("tiled", "parallel_tiled", "auto")
 
 
 def show_comparison(comparison: Comparison, frame: int = 0) -> None:
-    """The table, then per strategy its picture with the plan and its seam heat map against full."""
+    """The table, the input picture (if any), then per strategy its picture with the plan and its seam heat map."""
     from IPython.display import HTML, display
 
     from .. import viz
 
     display(HTML(f"<pre>{comparison.table()}</pre>"))
+    if comparison.job.image is not None:
+        show(viz.plot_input(comparison.job, frame))
     ref = comparison.reference.output if comparison.reference is not None else None
     for mode, result in comparison.results.items():
         if result.output is None:
@@ -106,7 +109,8 @@ class DecodeExplorer:
     panel_class = "wb-decode"
 
     def __init__(self, model: str = "qwen-image", size: str = "512x512", modes="full,tiled", *, tiny: bool = True,
-                 weights: str | None = None, tile_px: int = 256, stride_px: int = 192, sp: int = 1,
+                 weights: str | None = None, image: str | None = "chelsea", tile_px: int = 256, stride_px: int = 192,
+                 sp: int = 1,
                  halo_latent: int | None = None, grid: str = "auto", dtype: str = "float32", device: str | None = None,
                  seed: int = 0):
         import ipywidgets as w
@@ -142,10 +146,16 @@ class DecodeExplorer:
         device = device or devices[0]
         self.device = w.Dropdown(options=devices if device in devices else [*devices, device], value=device,
                                  description="device", style=style, layout=small)
-        self.weights = w.Dropdown(options=list(WEIGHT_SOURCES), value="local folder" if weights else "random (seeded)",
-                                  description="weights", style=style, layout=wide)
-        self.weights_path = w.Text(value=weights or "", description="folder", placeholder="/path/to/diffusers/vae",
+        source = {None: "trained (tiny)" if tiny else "random (seeded)", "trained": "trained (tiny)",
+                  "random": "random (seeded)"}.get(weights, "local folder")
+        self.weights = w.Dropdown(options=list(WEIGHT_SOURCES), value=source, description="weights", style=style,
+                                  layout=wide)
+        folder = weights if source == "local folder" else ""
+        self.weights_path = w.Text(value=folder, description="folder", placeholder="/path/to/diffusers/vae",
                                    style=style, layout=wide)
+        pictures = [RANDOM_LATENTS, *PHOTOS] + ([image] if image and image not in PHOTOS else [])
+        self.image = w.Dropdown(options=pictures, value=image or RANDOM_LATENTS, description="picture", style=style,
+                                layout=wide, tooltip="a bundled photo through the encoder, or seeded random latents")
         self.seed = w.IntText(value=seed, description="seed", style=style, layout=small)
         self.frame = w.IntSlider(value=0, min=0, max=0, description="frame", style=style, continuous_update=False,
                                  layout=w.Layout(width="420px", display="none"))
@@ -155,12 +165,13 @@ class DecodeExplorer:
         self.out_table, self.out_pictures, self.out_costs = w.Output(), w.Output(), w.Output()
         self.out_table.add_class("wb-table")
         self.fields = {name: Field(getattr(self, name)) for name in
-                       ("model", "size", "modes", "sp", "tile", "stride", "halo", "grid", "device", "weights_path")}
+                       ("model", "size", "modes", "sp", "tile", "stride", "halo", "grid", "device", "weights",
+                        "weights_path", "image")}
         self.button.on_click(self._on_click)
         self.frame.observe(lambda change: self._draw_pictures(), names="value")
         self.model.observe(self._on_model, names="value")
         for name in ("model", "tiny", "size", "modes", "sp", "tile", "stride", "halo", "grid", "device",
-                     "weights", "weights_path"):
+                     "weights", "weights_path", "image"):
             getattr(self, name).observe(lambda change: self.validate(), names="value")
         self.panel = self._layout()
         self.panel.add_class(self.panel_class)
@@ -173,7 +184,7 @@ class DecodeExplorer:
 
         f = self.fields
         left = [f["model"].box, self.tiny, f["size"].box, f["modes"].box, self.dtype, f["device"].box,
-                self.weights, f["weights_path"].box, self.seed]
+                f["weights"].box, f["weights_path"].box, f["image"].box, self.seed]
         right = [f["sp"].box, f["tile"].box, f["stride"].box, f["halo"].box, f["grid"].box]
         return w.VBox(left), w.VBox(right)
 
@@ -203,9 +214,14 @@ class DecodeExplorer:
         from .common import check_size
 
         weights = WEIGHT_SOURCES[self.weights.value](self)
+        local = weights not in (None, "trained", "random")
+        if weights == "trained" and not self.tiny.value:
+            raise ValueError("weights: trained weights exist for the tiny presets only; tick 'tiny config' or "
+                             "choose random or a local folder")
+        image = None if self.image.value == RANDOM_LATENTS else self.image.value
         return DecodeJob(model=self.model.value, size=check_size(self.model.value, self.size.value),
-                         tiny=self.tiny.value and not weights, weights=weights, dtype=self.dtype.value,
-                         device=self.device.value, seed=self.seed.value)
+                         tiny=self.tiny.value and not local, weights=weights, dtype=self.dtype.value,
+                         device=self.device.value, seed=self.seed.value, image=image)
 
     def selected_modes(self) -> list[str]:
         return list(self.modes.value)
@@ -262,6 +278,8 @@ class DecodeExplorer:
                 errors["weights_path"] = "give the path of a local diffusers VAE folder"
             elif not os.path.isdir(path):
                 errors["weights_path"] = f"no folder at {path}"
+        if self.weights.value == "trained (tiny)" and not self.tiny.value:
+            errors["weights"] = "trained weights exist for the tiny configs only: tick 'tiny config'"
         self._notes = notes
         return errors
 
@@ -332,6 +350,8 @@ class DecodeExplorer:
         self.out_pictures.clear_output(wait=True)
         ref = c.reference.output if c.reference is not None else None
         with self.out_pictures:
+            if c.job.image is not None:
+                show(viz.plot_input(c.job, self.frame.value))
             for mode, result in c.results.items():
                 if result.output is not None:
                     show(viz.plot_strategy(result, reference=ref if mode != "full" else None, frame=self.frame.value))
