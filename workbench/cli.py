@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=4)
     g.add_argument("--guidance", type=float, default=None, dest="guidance_scale", help="default: the pipeline's")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--image", default=None, help="qwen-image-edit: the reference image (default: a synthetic one)")
+    g.add_argument("--image", default=None, metavar="NAME|PATH",
+                   help="qwen-image-edit: the reference picture, a bundled photo or an image file (default: chelsea)")
     g.add_argument("--tiny", action="store_true", help="tiny configs (CPU friendly); default: the real architectures")
     g.add_argument("--weights", default=None, metavar="PATH", help="local diffusers pipeline folder")
     g.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
@@ -230,6 +231,7 @@ def cmd_generate(args) -> int:
         world = int(os.environ["WORLD_SIZE"])
     checks.check_out(args.out)
     checks.check_weights(args.weights, folder_only=True)
+    checks.check_image(args.image)
     checks.check_generate(pipeline=args.pipeline, size=args.size, steps=args.steps, world=world, sp=args.sp,
                           cfg=args.cfg, attention=args.attention, decode=args.decode, dtype=args.dtype,
                           tiny=args.tiny, guidance_scale=args.guidance_scale)

@@ -79,7 +79,7 @@ class QwenImageEditPipeline(QwenImagePipeline):
     @torch.inference_mode()
     def encode_image(self, batch: Batch, ctx) -> Batch:
         r = batch.request
-        pixels = reference_image(r.image, r.height, r.width, r.seed).to(self.device, self.vae.dtype)  # (1, 3, H, W)
+        pixels = reference_image(r.image, r.height, r.width).to(self.device, self.vae.dtype)  # (1, 3, H, W)
         z = self.vae.encode(pixels.unsqueeze(2)).latent_dist.mode()  # (1, 16, 1, h, w)
         return dataclasses.replace(batch, image_latents=pack(self._normalize(z)).to(self.dtype))
 
@@ -91,16 +91,14 @@ class QwenImageEditPipeline(QwenImagePipeline):
         return torch.cat([latents, batch.image_latents], dim=1)  # (B, 2S, 64)
 
 
-def reference_image(path: str | None, height: int, width: int, seed: int) -> torch.Tensor:
-    """(1, 3, H, W) in [-1, 1]: the file at `path` resized, or a seeded synthetic picture."""
-    if path is not None:
-        from PIL import Image
+def reference_image(source: str | None, height: int, width: int) -> torch.Tensor:
+    """(1, 3, H, W) in [-1, 1]: a bundled photo's name or an image file, resized to cover and centre-cropped;
+    None: the held-out photo chelsea. Through the trained tiny VAE (the default of tiny pipelines) it is a real
+    picture's latent."""
+    from ..models.photos import photo_to_size
+    from ..models.trained import load_picture
 
-        img = Image.open(path).convert("RGB").resize((width, height))
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-    g = torch.Generator().manual_seed(seed)
-    y = torch.linspace(0, 1, height).view(1, height, 1)
-    x = torch.linspace(0, 1, width).view(1, 1, width)
-    phase = torch.rand(3, 1, 1, generator=g) * 6.28
-    freq = 2 + torch.rand(3, 1, 1, generator=g) * 4
-    return torch.sin(freq * (x + 0.7 * y) * 3.14 + phase).unsqueeze(0) * 0.8
+    picture = load_picture(source or "chelsea")
+    if picture.dim() == 4:  # a video file: its first frame
+        picture = picture[:, 0]
+    return photo_to_size(picture, height, width)[None]
