@@ -103,7 +103,10 @@ class DecodeJob:
     def label(self) -> str:
         h, w, f = self.size
         size = f"{h}x{w}" + (f"x{f}" if f > 1 else "")
-        return f"{self.model}{' (tiny)' if self.tiny and not self.weights else ''} {size} {self.dtype}"
+        local = self.weights not in (None, "trained", "random")
+        tag = "" if local or not self.tiny else " (tiny, random weights)" if self.weights == "random" else " (tiny)"
+        picture = f", {self.image}" if self.image else ""
+        return f"{self.model}{tag} {size} {self.dtype}{picture}"
 
 
 class MemoryGuardError(ValueError):

@@ -46,14 +46,15 @@ def vae_class(preset: Preset):
     return getattr(diffusers, preset.vae_class)
 
 
-def vae_config(preset: Preset, tiny: bool) -> dict:
-    """The full constructor config of the preset's VAE: the class defaults, then the preset's values."""
+def vae_config(preset: Preset, tiny: bool, trained: bool = False) -> dict:
+    """The full constructor config of the preset's VAE: the class defaults, then the preset's values (the real
+    config, the narrow tiny one, or with `trained` the tiny width of the trained weights)."""
     import inspect
 
     cls = vae_class(preset)
     defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
                 if p.default is not inspect.Parameter.empty}
-    return {**defaults, **(preset.tiny_config if tiny else preset.config)}
+    return {**defaults, **(preset.config if not tiny else preset.trained_config if trained else preset.tiny_config)}
 
 
 def seeded(seed: int, device, build):
@@ -123,12 +124,12 @@ def read_config(folder: Path) -> dict:
 
 
 def check_vae_config(preset: Preset, found: dict, where: str) -> None:
-    """Refuse a VAE config whose architecture differs from the preset's real (or tiny) config."""
+    """Refuse a VAE config whose architecture differs from the preset's real (or one of its tiny) configs."""
     if found.get("_class_name", preset.vae_class) != preset.vae_class:
         raise ModelError(f"{preset.name}: {where} holds a {found['_class_name']}, the preset needs a {preset.vae_class}")
     keys = [k for k in _ARCH_KEYS[preset.vae_class] if k in found]
-    for tiny in (False, True):
-        expected = vae_config(preset, tiny=tiny)
+    for tiny, trained in ((False, False), (True, False), (True, True)):
+        expected = vae_config(preset, tiny=tiny, trained=trained)
         if all(_norm(found[k]) == _norm(expected.get(k)) for k in keys):
             return
     expected = vae_config(preset, tiny=False)
