@@ -140,42 +140,25 @@ def _conv_halo_forward(conv, comm: ShardComm):
     return forward
 
 
-GN_CHUNKS = 8  # GroupNorm works on 1/8 of the groups at a time: its float32 temporaries stay at 1/8 of x
-
-
 def _group_norm_forward(norm: torch.nn.GroupNorm, comm: ShardComm):
-    """GroupNorm with statistics over every rank's pixels: two passes, float32 accumulation.
-
-    A float32 copy of a bf16 activation is twice its size, and the normalisation needs a few of them:
-    so the sums accumulate in float32 without a copy, and the deviations and the normalised output are
-    computed a few groups at a time, into an output of x's dtype. Per element the arithmetic is that of
-    one float32 pass (the same operations in the same order), so float32 results are unchanged."""
+    """GroupNorm with statistics over every rank's pixels: two passes, float32 accumulation."""
 
     def forward(x):
-        x = x.contiguous()
         n, c = x.shape[:2]
         g = norm.num_groups
-        xg = x.view(n, g, -1)  # (N, G, pixels of the group)
-        count = torch.full((n, 1), float(xg.shape[-1]), device=x.device)
-        stats = comm.comm.all_reduce(torch.cat([xg.sum(dim=-1, dtype=torch.float32), count], dim=1))  # (N, G + 1)
-        mean = stats[:, :g] / stats[:, -1:]
-        step = max(1, g // GN_CHUNKS)
-        chunks = [slice(k, min(k + step, g)) for k in range(0, g, step)]
-        squares = torch.cat([((xg[:, k].float() - mean[:, k, None]) ** 2).sum(dim=-1) for k in chunks], dim=1)
-        rstd = torch.rsqrt(comm.comm.all_reduce(squares) / stats[:, -1:] + norm.eps)  # (N, G)
-        out = torch.empty_like(x, memory_format=torch.contiguous_format)
-        og = out.view(n, g, -1)
-        per_group = c // g
-        for k in chunks:
-            y = (xg[:, k].float() - mean[:, k, None]) * rstd[:, k, None]  # (N, g_k, pixels)
-            if norm.affine:
-                ch = slice(k.start * per_group, k.stop * per_group)
-                y = y.view(n, -1, per_group, y.shape[-1] // per_group)
-                w = norm.weight[ch].float().view(1, -1, per_group, 1)
-                b = norm.bias[ch].float().view(1, -1, per_group, 1)
-                y = (y * w + b).view(n, k.stop - k.start, -1)
-            og[:, k] = y.to(x.dtype)
-        return out
+        xg = x.reshape(n, g, -1).float()
+        stats = torch.cat([xg.sum(dim=-1), torch.full((n, 1), float(xg.shape[-1]), device=x.device)], dim=1)
+        stats = comm.comm.all_reduce(stats)  # (N, G + 1): per-group sums and the pixel count
+        count = stats[:, -1:]
+        mean = stats[:, :g] / count
+        centred = xg - mean[..., None]
+        var = comm.comm.all_reduce((centred * centred).sum(dim=-1)) / count
+        y = centred * torch.rsqrt(var + norm.eps)[..., None]
+        y = y.view(n, c, *x.shape[2:])
+        if norm.affine:
+            shape = (1, c) + (1,) * (x.dim() - 2)
+            y = y * norm.weight.float().view(shape) + norm.bias.float().view(shape)
+        return y.to(x.dtype)
     return forward
 
 
