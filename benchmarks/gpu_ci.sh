@@ -17,8 +17,8 @@ python3 -m ipykernel install --user --name python3 >/dev/null 2>&1
 log="$out/gpu_tests_${gpus}gpu.log"
 xdist=${PYTEST_WORKERS:+-n $PYTEST_WORKERS --dist loadfile}
 {
-  echo "# command: WORKBENCH_TEST_DEVICE=cuda python3 -m pytest -q -rs $xdist tests  (on $gpus GPU(s))"
+  echo "# command: WORKBENCH_TEST_DEVICE=cuda python3 -m pytest -v -rs $xdist tests  (on $gpus GPU(s))"
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import sys, torch, diffusers, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
 } > "$log" 2>&1
-timeout ${SUITE_TIMEOUT_S:-480} python3 -m pytest -q -rs -p no:cacheprovider --timeout 300 $xdist --durations 15 tests 2>&1 | tee -a "$log" | tail -40
+timeout ${SUITE_TIMEOUT_S:-480} python3 -m pytest -v -rs -p no:cacheprovider --timeout 300 $xdist --durations 15 tests 2>&1 | tee -a "$log" | tail -40
