@@ -94,12 +94,14 @@ def check_out(out: str | None) -> None:
 
 def check_weights(weights: str | None, tiny: bool = True, folder_only: bool = False) -> None:
     """--weights: trained (tiny only), random, or a local diffusers folder (`folder_only`: a folder or nothing)."""
-    if folder_only and weights in ("trained", "random"):
+    from .models.presets import WEIGHT_KINDS
+
+    if folder_only and weights in WEIGHT_KINDS:
         raise BadInput(f"--weights {weights}: give a local diffusers pipeline folder, or leave it out "
                        "(tiny pipelines use the trained tiny VAE, other weights are seeded)")
     if weights == "trained" and not tiny:
         raise BadInput("--weights trained: trained weights exist for the tiny presets only; add --tiny")
-    if weights is None or weights in ("trained", "random"):
+    if weights is None or weights in WEIGHT_KINDS:
         return
     path = Path(weights)
     if not path.is_dir():

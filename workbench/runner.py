@@ -28,6 +28,7 @@ import torch
 
 from .models import build_vae, check_latents, get_preset, latent_shape, parse_dtype, random_latents
 from .models.bundled import check_image
+from .models.presets import is_local_folder
 from .runtime import RankFailure, WorkerPool, local_context
 
 __all__ = ["DecodeJob", "Runner", "LocalRunner", "Cluster", "SpmdRunner", "make_runner", "run_decode",
@@ -103,8 +104,7 @@ class DecodeJob:
     def label(self) -> str:
         h, w, f = self.size
         size = f"{h}x{w}" + (f"x{f}" if f > 1 else "")
-        local = self.weights not in (None, "trained", "random")
-        tag = "" if local or not self.tiny else " (tiny, random weights)" if self.weights == "random" else " (tiny)"
+        tag = "" if is_local_folder(self.weights) or not self.tiny else " (tiny, random weights)" if self.weights == "random" else " (tiny)"
         picture = f", {self.image}" if self.image else ""
         return f"{self.model}{tag} {size} {self.dtype}{picture}"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .presets import ModelError, Preset, get_preset
+from .presets import WEIGHT_KINDS, ModelError, Preset, get_preset
 from .shapes import check_dtype
 
 __all__ = ["ModelError", "WEIGHT_KINDS", "parse_dtype", "build_vae", "load_local", "seeded", "finish", "vae_class", "vae_config",
@@ -68,9 +68,6 @@ def finish(module, dtype):
     """Eval mode, no gradients, weights in `dtype`. nn.Module.to, not ModelMixin.to (which warns): weights
     drawn in float32 and then rounded, so the bf16 model is the fp32 model rounded and the two compare."""
     return torch.nn.Module.to(module, dtype=parse_dtype(dtype)).eval().requires_grad_(False)
-
-
-WEIGHT_KINDS = ("trained", "random")  # beside a local folder's path
 
 
 def build_vae(preset: Preset | str, *, tiny: bool = False, weights: str | Path | None = None,

@@ -40,6 +40,14 @@ _GLM_STD = (3.0625, 2.203125, 2.265625, 4.84375, 2.5, 3.9375, 2.203125, 3.03125,
             2.1875, 2.046875, 2.71875, 2.390625, 2.390625, 2.453125, 2.25, 2.15625)
 
 
+WEIGHT_KINDS = ("trained", "random")  # what a `weights` value may name beside a local diffusers folder
+
+
+def is_local_folder(weights) -> bool:
+    """Whether a `weights` value names a local diffusers folder (rather than None, "trained" or "random")."""
+    return weights is not None and weights not in WEIGHT_KINDS
+
+
 class ModelError(ValueError):
     """A model cannot be built or loaded as asked; the message names the preset, path or shape."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..models import PRESETS, get_preset, latent_shape
 from ..models.bundled import PHOTOS
+from ..models.presets import is_local_folder
 from ..parallel.vae import PARALLEL, STRATEGIES
 from ..report import Comparison
 from .common import (
@@ -214,7 +215,7 @@ class DecodeExplorer:
         from .common import check_size
 
         weights = WEIGHT_SOURCES[self.weights.value](self)
-        local = weights not in (None, "trained", "random")
+        local = is_local_folder(weights)
         if weights == "trained" and not self.tiny.value:
             raise ValueError("weights: trained weights exist for the tiny presets only; tick 'tiny config' or "
                              "choose random or a local folder")
