@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip("skimage")
 
+from workbench.metrics import psnr  # noqa: E402
 from workbench.models import ModelError, build_vae  # noqa: E402
 from workbench.models.photos import (  # noqa: E402
     HELD_OUT,
@@ -21,7 +22,6 @@ from workbench.models.trained import (  # noqa: E402
     FAMILIES,
     encode,
     load_trained,
-    psnr,
     reconstruct,
     trained_weights_path,
 )

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
+from ..metrics import psnr
 from .photos import HELD_OUT, TrainingPhotos, load_photo, photo_to_size, synthetic_clip
 from .presets import get_preset
-from .trained import FAMILIES, psnr
+from .trained import FAMILIES
 
 # Per family: image batch and crop size; clip batch, frame counts and size (video families only).
 # Wan's 8x decoder learns slower than Wan2.2's patchified one: it sees a clip every third step only, so

@@ -196,10 +196,3 @@ def reconstruct(vae, source, **kwargs) -> torch.Tensor:
     z = encode(vae, source, **kwargs)
     return vae.decode(z).sample.float().clamp(-1, 1).cpu()
 
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two pictures in [-1, 1] (peak-to-peak 2): 10 log10(4 / MSE)."""
-    import math
-
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
