@@ -3,6 +3,8 @@ so the CLI checks an `--image` name before importing anything heavy). Loading th
 
 from __future__ import annotations
 
+import os
+
 HELD_OUT = ("chelsea", "coffee")
 
 # name -> (package, file). Colour photos first; greys are converted to three equal channels.
@@ -41,8 +43,6 @@ PHOTOS = tuple(FILES)  # every name a job's `image` may take, beside a file path
 
 def check_image(image) -> None:
     """Refuse an `image` that is neither a bundled photo's name nor an existing file, naming both options."""
-    import os
-
     if image is None or (isinstance(image, str) and image in FILES) or os.path.isfile(image):
         return
     raise ValueError(f"image {image!r} is neither a bundled photo nor a file; bundled photos: {', '.join(PHOTOS)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .presets import WEIGHT_KINDS, ModelError, Preset, get_preset
+from .presets import WEIGHT_KINDS, ModelError, Preset, get_preset, is_local_folder
 from .shapes import check_dtype
 
 __all__ = ["ModelError", "WEIGHT_KINDS", "parse_dtype", "build_vae", "load_local", "seeded", "finish", "vae_class", "vae_config",
@@ -85,12 +85,10 @@ def build_vae(preset: Preset | str, *, tiny: bool = False, weights: str | Path |
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     dtype = parse_dtype(dtype)
-    kind = weights if weights in WEIGHT_KINDS else ("trained" if tiny else "random") if weights is None else None
     cls = vae_class(preset)
-    if kind is None:
-        folder = _vae_folder(preset, Path(weights))
-        return load_local(cls, folder, dtype=dtype, device=device, preset=preset)
-    if kind == "trained":
+    if is_local_folder(weights):
+        return load_local(cls, _vae_folder(preset, Path(weights)), dtype=dtype, device=device, preset=preset)
+    if weights == "trained" or (weights is None and tiny):
         if not tiny:
             raise ModelError(f"{preset.name}: trained weights exist for the tiny presets only; pass tiny=True, "
                              "weights='random' or a local folder")
