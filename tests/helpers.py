@@ -29,6 +29,10 @@ def ranks_available(world: int) -> bool:
     return not DEVICE.startswith("cuda") or world <= gpus()
 
 
+# The notebooks run on two ranks where they can, else on one (one GPU): every notebook runs on every machine.
+NOTEBOOK_RANKS = 2 if ranks_available(2) else 1
+
+
 def run_local(job, mode: str, params: dict | None = None):
     """Decode `job` with `mode` in this process on the test device; the Result's output on the CPU. `params`
     may hold other modes' parameters too (one set serves a comparison): `mode` gets those it takes."""

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import DEVICE, notebook_outputs, ranks_available
+from helpers import DEVICE, NOTEBOOK_RANKS, notebook_outputs
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -38,19 +38,15 @@ def images(outputs):
 
 
 def test_decode_explorer_runs_headless(tmp_path):
-    if not ranks_available(2):
-        pytest.skip("2 ranks need 2 GPUs")
     outputs = run("01_decode_explorer.ipynb", tmp_path, model="wan2.1", size="64x64x5", modes="full,tiled,shard",
-                  sp=2, tile_px=32, stride_px=24, device=DEVICE)
+                  sp=NOTEBOOK_RANKS, tile_px=32, stride_px=24, device=DEVICE)
     tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     assert any("wan2.1 (tiny) 64x64x5" in t and "shard" in t for t in tables)
     assert images(outputs) >= 5  # three strategies' pictures and seam maps, time and memory plots
 
 
 def test_strategies_notebook_runs_headless(tmp_path):
-    if not ranks_available(2):
-        pytest.skip("2 ranks need 2 GPUs")
-    outputs = run("02_strategies.ipynb", tmp_path, model="glm-image", size="64x96", world_size=2, tile_px=32,
+    outputs = run("02_strategies.ipynb", tmp_path, model="glm-image", size="64x96", world_size=NOTEBOOK_RANKS, tile_px=32,
                   stride_px=24, device=DEVICE)
     table = next(o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {}))
     for mode in ["full", "tiled", "parallel_tiled", "patch", "shard", "auto->"]:
@@ -59,19 +55,16 @@ def test_strategies_notebook_runs_headless(tmp_path):
 
 
 def test_strategies_notebook_sweeps_the_sp_degree(tmp_path):
-    if not ranks_available(2):
-        pytest.skip("2 ranks need 2 GPUs")
-    outputs = run("02_strategies.ipynb", tmp_path, model="qwen-image", size="64x64", world_size=2, tile_px=32,
-                  stride_px=24, strategies="full,tiled,shard", sweep="SP degree", sweep_values="1,2", device=DEVICE)
+    outputs = run("02_strategies.ipynb", tmp_path, model="qwen-image", size="64x64", world_size=NOTEBOOK_RANKS,
+                  tile_px=32, stride_px=24, strategies="full,tiled,shard", sweep="SP degree",
+                  sweep_values=",".join(map(str, range(1, NOTEBOOK_RANKS + 1))), device=DEVICE)
     tables = "".join(o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {}))
-    assert "SP degree = 1" in tables and "SP degree = 2" in tables
+    assert all(f"SP degree = {sp}" in tables for sp in range(1, NOTEBOOK_RANKS + 1))
     assert images(outputs) >= 6  # three pictures, the sweep plot, time and memory
 
 
 def test_validation_notebook_runs_headless(tmp_path):
-    if not ranks_available(2):
-        pytest.skip("2 ranks need 2 GPUs")
-    outputs = run("04_validation.ipynb", tmp_path, sp=2, image_size="64x64", video_size="64x64x5", device=DEVICE)
+    outputs = run("04_validation.ipynb", tmp_path, sp=NOTEBOOK_RANKS, image_size="64x64", video_size="64x64x5", device=DEVICE)
     text = "".join(o.get("text", "") for o in outputs)
     for model in ["wan2.1", "wan2.2-a14b", "qwen-image", "qwen-image-edit", "glm-image"]:
         assert model in text
