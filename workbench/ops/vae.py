@@ -1,14 +1,17 @@
 """Speed levers for an unmodified diffusers VAE decoder, applied from outside and undone on exit.
 
-    with optimized(vae, ["channels_last", "pads"]):
+    with optimized(vae, ["channels_last", "causal_conv"]):
         out = decode(vae, z, "full").output
 
 Levers (LEVERS):
 - channels_last: parameters in channels-last (3-D: NDHWC) memory format. cuDNN's bf16 convolutions run
   natively in it, and the Wan resample's (B, C, T, H, W) -> (B*T, C, H, W) permute becomes a view.
-- pads: the causal 3-D convolutions pad H and W inside the convolution instead of copying the input into a
-  zero-padded tensor first (diffusers' WanCausalConv3d runs F.pad over the whole input, then an unpadded
-  conv); only the causal time padding is still materialised. Exact: the same zeros, the same sums.
+- causal_conv: the causal 3-D convolutions (encoder and decoder) pad H and W inside the convolution instead
+  of copying the input into a zero-padded tensor first (diffusers' WanCausalConv3d runs F.pad over the whole
+  input, then an unpadded conv). A single frame without a cache (every Qwen-Image decode, a video's first
+  latent frame, every image a training step sees) would be padded with two zero frames and convolved with
+  all three temporal taps, two of them on zeros: it runs as a 2-D convolution with the last tap instead,
+  a third of the work. Exact up to summation order: the skipped products are all zeros.
 - compile: torch.compile of the decoder module (one graph per frame shape).
 
 The model's state_dict and outputs' layout are unchanged; every lever is exact up to the kernels cuDNN or
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 
 __all__ = ["LEVERS", "optimized"]
 
-LEVERS = ("channels_last", "pads", "compile")
+LEVERS = ("channels_last", "causal_conv", "compile")
 _CAUSAL_CONVS = ("WanCausalConv3d", "QwenImageCausalConv3d")
 
 
@@ -59,12 +62,17 @@ def _channels_last(vae):
             w.data = w.data.contiguous()
 
 
-def _causal_forward_no_pad_copy(conv):
-    """WanCausalConv3d.forward with H/W padding done by the convolution (conv._padding is diffusers'
-    F.pad order: (w, w, h, h, 2*t, 0))."""
+def _causal_forward(conv):
+    """WanCausalConv3d.forward with H/W padding done by the convolution and a lone uncached frame as a 2-D
+    convolution (conv._padding is diffusers' F.pad order: (w, w, h, h, 2*t, 0))."""
     pad_w, pad_h, pad_t = conv._padding[0], conv._padding[2], conv._padding[4]
+    lone_frame_2d = pad_t == conv.kernel_size[0] - 1 and conv.stride[0] == 1 and conv.dilation[0] == 1
 
     def forward(x, cache_x=None):
+        if lone_frame_2d and cache_x is None and x.shape[2] == 1:  # (B, C, 1, H, W): zeros on all but the last tap
+            y = F.conv2d(x[:, :, 0], conv.weight[:, :, -1], conv.bias, conv.stride[1:], (pad_h, pad_w),
+                         conv.dilation[1:], conv.groups)
+            return y.unsqueeze(2)  # (B, C_out, 1, H, W)
         t = pad_t
         if cache_x is not None and t > 0:
             x = torch.cat([cache_x.to(x.device), x], dim=2)
@@ -77,10 +85,10 @@ def _causal_forward_no_pad_copy(conv):
 
 
 @contextmanager
-def _pads(vae):
-    convs = [m for m in vae.decoder.modules() if type(m).__name__ in _CAUSAL_CONVS]
+def _causal_conv(vae):
+    convs = [m for m in vae.modules() if type(m).__name__ in _CAUSAL_CONVS]
     for conv in convs:
-        conv.forward = _causal_forward_no_pad_copy(conv)
+        conv.forward = _causal_forward(conv)
     try:
         yield
     finally:
@@ -97,9 +105,12 @@ def _compile(vae):
         object.__setattr__(vae, "_workbench_compiled_decoder", compiled)
     vae.decoder = compiled
     try:
-        yield
+        # The Wan decoder breaks its graph at the frame cache, so each block is its own frame: one compile
+        # per block shape exceeds dynamo's default limit of 8, after which it would silently run eager.
+        with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
+            yield
     finally:
         vae.decoder = original
 
 
-_APPLY = {"channels_last": _channels_last, "pads": _pads, "compile": _compile}
+_APPLY = {"channels_last": _channels_last, "causal_conv": _causal_conv, "compile": _compile}
