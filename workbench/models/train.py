@@ -226,7 +226,7 @@ def train(family: str, *, seconds: float | None = 480, steps: int | None = None,
         "data": {"train_photos": list(data.names), "held_out": list(HELD_OUT),
                  "sources": "scikit-image skimage/data and matplotlib sample_data (bundled files only)",
                  "augmentation": "random windows (whole short side down to 1/4), horizontal flips, brightness "
-                                 "+-0.1, contrast +-15%, saturation +-20%, hue +-0.15 rad for half the samples, any angle for the other half; colour photos 3x as "
+                                 "+-0.1, contrast +-15%, saturation +-20%, hue +-0.15 rad; colour photos 3x as "
                                  "likely as greys",
                  "images": f"batch {cfg['batch']} of {cfg['size']}x{cfg['size']} crops per step",
                  "clips": (f"batch {cfg['clip_batch']} of {cfg['clip_size']}x{cfg['clip_size']} camera-motion clips "
