@@ -8,8 +8,8 @@ Semantics and argument checks are those of the references in `kernels/vae_norm_r
 rms_norm_silu (WanRMS_norm): a program owns BLOCK_S positions of one batch and reduces over C, reading
   (BLOCK_C, BLOCK_S) tiles whose rows are contiguous along S (coalesced). When one tile spans C (the
   default for C <= MAX_ONE_TILE_C, every Wan/Qwen-Image decoder width), x is read once and kept in
-  registers; otherwise a first loop over C-chunks sums the squares and a second re-reads them (from L2
-  mostly) to write y.
+  registers; otherwise a first loop over C-chunks sums the squares and a second reads them again (which
+  the GPU's L2 may serve) to write y.
 group_norm_silu (nn.GroupNorm): a (batch, group) is one contiguous run of (C/G)*S values, up to tens of
   millions, so its statistics are a split reduction over three launches:
     1. stats:    grid (B*G, splits); each program runs a per-lane Welford update over its contiguous chunk
@@ -18,7 +18,11 @@ group_norm_silu (nn.GroupNorm): a (batch, group) is one contiguous run of (C/G)*
     3. apply:    grid (S blocks, B*C); y = (x - mean) * (rstd * w) + b, then SiLU.
   Welford rather than float32 sums of x and x^2: the same single read of x, but no cancellation in
   E[x^2] - mean^2 when |mean| >> std (the variance error of the sums grows as (mean/std)^2 * 1e-7), so the
-  statistics stay float32-accurate on any input; its extra arithmetic hides under the memory traffic.
+  statistics stay float32-accurate on any input; its extra arithmetic (a few float32 operations per
+  element) is meant to hide under the memory traffic.
+
+The tile, block and split defaults below are first choices, not yet tuned on a GPU: the benchmark's --sweep
+(benchmarks/bench_vae_norm.py) times alternatives through the launchers' keyword overrides.
 
 Offsets are int64 (a decoder activation may pass 2**31 elements). Runs on CUDA tensors, or on CPU tensors
 through the Triton interpreter: TRITON_INTERPRET=1 must be set before triton is first imported.
