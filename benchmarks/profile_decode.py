@@ -6,9 +6,11 @@ warm-up), its peak allocated memory, and its PSNR against the float32 decode of 
 
     python benchmarks/profile_decode.py --configs qwen-image:2048x2048,wan2.1:720x1280x21 --out prof.json
 
-Variants (comma-separated --variants): diffusers (vae.decode as shipped), full (workbench's `full`),
-diffusers_tiled (vae.enable_tiling(), its defaults), tiled (workbench's `tiled`, its defaults), and
-`optimized:<levers>` with levers from workbench.ops.vae.LEVERS joined by '+', e.g. optimized:channels_last+causal_conv.
+Variants (comma-separated --variants): diffusers (vae.decode as shipped), diffusers_tiled (vae.enable_tiling(),
+its defaults), and workbench's strategies `full` and `tiled` (their defaults), optionally with speed levers
+from workbench.ops.vae.LEVERS joined by '+': `full:channels_last+causal_conv+fused_norm`.
+--profile names the variants to run once more under torch.profiler: self device time per aten op, summed
+per category (the kernels each op launches are counted once, under their op).
 """
 
 from __future__ import annotations
@@ -68,10 +70,6 @@ def timed(fn, repeats: int):
 def variant_fn(name: str, vae, z):
     if name == "diffusers":
         return lambda: vae.decode(z).sample
-    if name == "full":
-        return lambda: decode(vae, z, "full", profile=False).output
-    if name == "tiled":
-        return lambda: decode(vae, z, "tiled", profile=False).output
     if name == "diffusers_tiled":
         def run():
             vae.enable_tiling()
@@ -80,14 +78,15 @@ def variant_fn(name: str, vae, z):
             finally:
                 vae.disable_tiling()
         return run
-    if name.startswith("optimized:"):
-        levers = name.split(":", 1)[1].split("+")
+    mode, _, levers = name.partition(":")
+    if mode not in ("full", "tiled"):
+        raise SystemExit(f"unknown variant {name!r}")
+    levers = levers.split("+") if levers else []
 
-        def run():
-            with optimized(vae, levers):
-                return decode(vae, z, "full", profile=False).output
-        return run
-    raise SystemExit(f"unknown variant {name!r}")
+    def run():
+        with optimized(vae, levers):
+            return decode(vae, z, mode, profile=False).output
+    return run
 
 
 def profile(fn) -> tuple[dict, str]:
@@ -103,6 +102,8 @@ def profile(fn) -> tuple[dict, str]:
     per_category = defaultdict(float)
     per_op = {}
     for e in events:
+        if not e.key.startswith(("aten::", "workbench::")):  # kernels and profiler markers: counted under their op
+            continue
         self_us = getattr(e, "self_device_time_total", None)
         if self_us is None:
             self_us = e.self_cuda_time_total
@@ -112,11 +113,12 @@ def profile(fn) -> tuple[dict, str]:
         per_op[e.key] = round(self_us / 1e3, 3)
     top = dict(sorted(per_op.items(), key=lambda kv: -kv[1])[:25])
     table = events.table(sort_by="self_cuda_time_total", row_limit=30)
-    return {"self_device_ms_by_category": {k: round(v, 2) for k, v in sorted(per_category.items(), key=lambda kv: -kv[1])},
+    total = sum(per_category.values())
+    return {"self_device_ms_total": round(total, 2), "self_device_ms_by_category": {k: round(v, 2) for k, v in sorted(per_category.items(), key=lambda kv: -kv[1])},
             "self_device_ms_top_ops": top}, table
 
 
-def run_config(model: str, size, variants, repeats: int, dtype: str, prof_dir: Path | None) -> dict:
+def run_config(model: str, size, variants, repeats: int, dtype: str, prof_dir: Path, profiled) -> dict:
     job = DecodeJob(model=model, size=size, tiny=False, weights="random", dtype=dtype, device="cuda")
     vae = build_vae(model, tiny=False, weights="random", dtype=dtype, device="cuda")
     z = job.latents("cuda", vae)
@@ -127,12 +129,12 @@ def run_config(model: str, size, variants, repeats: int, dtype: str, prof_dir: P
     torch.cuda.empty_cache()
     record = {"model": model, "size": list(size), "dtype": dtype, "latent_shape": list(z.shape), "variants": {}}
     with torch.inference_mode():
-        if prof_dir is not None:
-            summary, table = profile(variant_fn("diffusers", vae, z))
-            record["profile_diffusers"] = summary
-            name = f"profile_{model}_{'x'.join(map(str, size))}.txt"
-            (prof_dir / name).write_text(table)
-            print(table[:3000], flush=True)
+        for name in profiled:
+            summary, table = profile(variant_fn(name, vae, z))
+            record.setdefault("profiles", {})[name] = summary
+            label = name.replace(":", "_").replace("+", "-")
+            (prof_dir / f"profile_{model}_{'x'.join(map(str, size))}_{label}.txt").write_text(table)
+            print(name, json.dumps(summary["self_device_ms_by_category"]), flush=True)
         for name in variants:
             try:
                 out, times, peak = timed(variant_fn(name, vae, z), repeats)
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="diffusers,full")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--profile", default="", help="variants to profile, comma-separated (default: none)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
     for item in args.configs.split(","):
         model, size = item.split(":")
         records.append(run_config(model, parse_size(size), args.variants.split(","), args.repeats, args.dtype,
-                                  None if args.no_profile else out.parent))
+                                  out.parent, [v for v in args.profile.split(",") if v]))
         doc = {"command": "python " + " ".join(sys.argv), "versions": versions(), "records": records,
                "note": "median of --repeats after one warm-up; peak = torch.cuda.max_memory_allocated over the "
                        "timed runs (weights included); PSNR vs the float32 decode of the same latent (range 2)"}

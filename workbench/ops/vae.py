@@ -12,6 +12,10 @@ Levers (LEVERS):
   latent frame, every image a training step sees) would be padded with two zero frames and convolved with
   all three temporal taps, two of them on zeros: it runs as a 2-D convolution with the last tap instead,
   a third of the work. Exact up to summation order: the skipped products are all zeros.
+- fused_norm: each RMS norm or GroupNorm followed by a SiLU becomes one fused op (workbench.ops.vae_norm:
+  Triton on CUDA, float32 statistics, one rounding), in place of diffusers' float32 copy, norm, divide,
+  cast, two multiplies and SiLU, or PyTorch's GroupNorm kernel (one block per group: 32 blocks for a
+  whole 2048x2048 image). Decoder and encoder; single-device decodes only (shard refuses fused norms).
 - compile: torch.compile of the decoder module (one graph per frame shape).
 
 The model's state_dict and outputs' layout are unchanged; every lever is exact up to the kernels cuDNN or
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 
 __all__ = ["LEVERS", "optimized"]
 
-LEVERS = ("channels_last", "causal_conv", "compile")
+LEVERS = ("channels_last", "causal_conv", "fused_norm", "compile")
 _CAUSAL_CONVS = ("WanCausalConv3d", "QwenImageCausalConv3d")
 
 
@@ -113,4 +117,16 @@ def _compile(vae):
         vae.decoder = original
 
 
-_APPLY = {"channels_last": _channels_last, "causal_conv": _causal_conv, "compile": _compile}
+@contextmanager
+def _fused_norm(vae):
+    from .vae_norm import fuse_norm_silu, unfuse_norm_silu
+
+    fuse_norm_silu(vae)
+    try:
+        yield
+    finally:
+        unfuse_norm_silu(vae)
+
+
+_APPLY = {"channels_last": _channels_last, "causal_conv": _causal_conv, "fused_norm": _fused_norm,
+          "compile": _compile}
