@@ -16,7 +16,7 @@ Levers (LEVERS):
   Triton on CUDA, float32 statistics, one rounding), in place of diffusers' float32 copy, norm, divide,
   cast, two multiplies and SiLU, or PyTorch's GroupNorm kernel (one block per group: 32 blocks for a
   whole 2048x2048 image). Decoder and encoder; single-device decodes only (shard refuses fused norms).
-- compile: torch.compile of the decoder module (one graph per frame shape).
+- compile: torch.compile of the decoder module (one graph per frame shape); not for Wan2.2-TI2V.
 
 The model's state_dict and outputs' layout are unchanged; every lever is exact up to the kernels cuDNN or
 inductor choose (summation order), which the benchmarks check against a float32 decode.
@@ -102,10 +102,13 @@ def _causal_conv(vae):
 
 @contextmanager
 def _compile(vae):
+    if any(type(m).__name__ == "DupUp3D" for m in vae.decoder.modules()):
+        raise NotImplementedError("the compile lever does not support Wan2.2-TI2V's decoder: dynamo fails on its "
+                                  "first-chunk shortcut (torch 2.11-2.13); use the other levers")
     compiled = getattr(vae, "_workbench_compiled_decoder", None)
     original = vae.decoder
     if compiled is None:  # kept on the model: a second `optimized` block reuses the compiled graphs
-        compiled = torch.compile(original, dynamic=False)  # few frame shapes; dynamic ones trip Wan2.2's first chunk
+        compiled = torch.compile(original, dynamic=False)  # a few frame shapes: no dynamic ones
         object.__setattr__(vae, "_workbench_compiled_decoder", compiled)
     vae.decoder = compiled
     try:

@@ -1,0 +1,98 @@
+"""The one-GPU speed levers (workbench.ops.vae.optimized) against the unmodified decode, over every tiny preset.
+
+Tolerance LEVER_FP32_REL of the largest |output|, float32, and why:
+- causal_conv: the skipped products are exact zeros and the H/W zero padding is the conv's own, so only the
+  convolution algorithm's summation order changes (a 2-D conv for a lone frame, a padded conv elsewhere);
+- fused_norm: float32 statistics and arithmetic as diffusers' float32 path, one rounding; the Triton kernel
+  on CUDA sums the channels in another order;
+- channels_last: the convolution library picks other kernels for the other memory format.
+Each measured ~1e-6 relative on the CPU; 2e-5 leaves room for GPU kernels. After the block the model is
+the unmodified one again: its own forwards, modules and state_dict, and the same output bit for bit.
+"""
+
+import pytest
+import torch
+from helpers import DEVICE
+
+from workbench.models import PRESETS, get_preset
+from workbench.ops.vae import optimized
+from workbench.parallel.vae import decode
+from workbench.runner import DecodeJob, load_model
+
+LEVER_FP32_REL = 2e-5
+SIZES = {name: ((64, 96, 9) if get_preset(name).is_video else (64, 96, 1)) for name in PRESETS}
+SIZES["wan2.2-ti2v-5b"] = (128, 96, 9)
+EAGER_LEVERS = [["causal_conv"], ["fused_norm"], ["channels_last"], ["causal_conv", "fused_norm"]]
+
+
+def setup(name):
+    job = DecodeJob(model=name, size=SIZES[name], weights="random", device=DEVICE)
+    vae = load_model(job, DEVICE)
+    return vae, job.latents(DEVICE, vae)
+
+
+def rel_error(out, ref):
+    return ((out.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+
+
+class TestLeversMatchTheModel:
+    @pytest.mark.parametrize("levers", EAGER_LEVERS, ids="+".join)
+    @pytest.mark.parametrize("name", list(PRESETS))
+    def test_full_with_levers_matches_full(self, name, levers):
+        vae, z = setup(name)
+        ref = decode(vae, z, "full", profile=False).output
+        with optimized(vae, levers):
+            out = decode(vae, z, "full", profile=False).output
+        assert rel_error(out, ref) <= LEVER_FP32_REL
+
+    @pytest.mark.parametrize("name", ["wan2.1", "glm-image"])
+    def test_tiled_with_levers_matches_tiled(self, name):
+        vae, z = setup(name)
+        ref = decode(vae, z, "tiled", profile=False, tile_px=32, stride_px=24).output
+        with optimized(vae, ["causal_conv", "fused_norm"]):
+            out = decode(vae, z, "tiled", profile=False, tile_px=32, stride_px=24).output
+        assert rel_error(out, ref) <= LEVER_FP32_REL
+
+
+class TestLeversAreUndone:
+    @pytest.mark.parametrize("name", list(PRESETS))
+    def test_model_is_restored_bit_for_bit(self, name):
+        vae, z = setup(name)
+        before = decode(vae, z, "full", profile=False).output
+        state = {k: v.clone() for k, v in vae.state_dict().items()}
+        kinds = [type(m).__name__ for m in vae.modules()]
+        with optimized(vae, ["channels_last", "causal_conv", "fused_norm"]):
+            assert any(type(m).__name__.startswith("Fused") for m in vae.modules())
+        assert [type(m).__name__ for m in vae.modules()] == kinds
+        assert not [m for m in vae.modules() if "forward" in m.__dict__]
+        assert all(p.is_contiguous() for p in vae.parameters())
+        assert all(torch.equal(v, state[k]) for k, v in vae.state_dict().items())
+        assert torch.equal(decode(vae, z, "full", profile=False).output, before)
+
+    def test_a_failing_decode_still_restores_the_model(self):
+        vae, z = setup("qwen-image")
+        with pytest.raises(RuntimeError):
+            with optimized(vae, ["causal_conv", "fused_norm"]):
+                decode(vae, z[:, :3], "full", profile=False)  # 3 latent channels: the decoder's conv refuses
+        assert not [m for m in vae.modules() if "forward" in m.__dict__]
+        assert not [m for m in vae.modules() if type(m).__name__.startswith("Fused")]
+
+
+class TestLeversRefuse:
+    def test_unknown_lever_names_the_accepted_ones(self):
+        vae, _ = setup("qwen-image")
+        with pytest.raises(ValueError, match="unknown VAE lever.*'warp'.*accepted: channels_last, causal_conv"):
+            with optimized(vae, ["warp"]):
+                pass
+
+    def test_compile_refuses_wan22_before_compiling(self):
+        vae, _ = setup("wan2.2-ti2v-5b")
+        with pytest.raises(NotImplementedError, match="Wan2.2-TI2V"):
+            with optimized(vae, ["compile"]):
+                pass
+        assert type(vae.decoder).__name__ == "WanDecoder3d"
+
+    def test_shard_refuses_fused_norms_instead_of_dropping_the_silu(self):
+        vae, z = setup("glm-image")
+        with optimized(vae, ["fused_norm"]), pytest.raises(NotImplementedError, match="no rule for Fused"):
+            decode(vae, z, "shard", profile=False)
