@@ -1,8 +1,9 @@
 """Triton kernels: channel-first RMS norm and GroupNorm, each fused with an optional SiLU (the VAE decoders).
 
 x (B, C, *spatial) is read as (B, C, S), S = prod(spatial), contiguous: the launchers call x.contiguous(),
-which copies only a non-contiguous x (a contiguous one is returned as is). Outputs are contiguous, of x's
-dtype (fp32, bf16, fp16); statistics and arithmetic are float32 and every output is rounded once.
+which copies only a non-contiguous x (a contiguous one is returned as is). The RMS kernel also reads a
+channels-last x (NHWC / NDHWC, the `channels_last` lever's layout) in place, through its strides. Outputs
+have x's layout, x's (fp32, bf16, fp16); statistics and arithmetic are float32 and every output is rounded once.
 Semantics and argument checks are those of the references in `kernels/vae_norm_ref.py`.
 
 rms_norm_silu (WanRMS_norm): a program owns BLOCK_S positions of one batch and reduces over C, reading
@@ -68,8 +69,8 @@ def _rms_write(y_ptr, x, offsets, mask, c, c_mask, inv_norm, gamma_ptr, bias_ptr
 
 @triton.jit
 def _rms_norm_silu_kernel(
-    y_ptr, x_ptr, gamma_ptr, bias_ptr,  # x, y contiguous (B, C, S); gamma, bias (C,)
-    channels, spatial, sqrt_channels, eps,
+    y_ptr, x_ptr, gamma_ptr, bias_ptr,  # x, y (B, C, S) of one layout: strides (C*S, stride_c, stride_s); gamma, bias (C,)
+    channels, spatial, stride_c, stride_s, sqrt_channels, eps,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, ONE_TILE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
@@ -82,7 +83,8 @@ def _rms_norm_silu_kernel(
     if ONE_TILE:  # all of C in one tile: read x once
         c_mask = c_tile < channels
         mask = c_mask[:, None] & s_mask[None, :]
-        offsets = batch_offset + c_tile[:, None].to(tl.int64) * spatial + s[None, :]  # (BLOCK_C, BLOCK_S)
+        offsets = (batch_offset + c_tile[:, None].to(tl.int64) * stride_c
+                   + s[None, :].to(tl.int64) * stride_s)  # (BLOCK_C, BLOCK_S)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         inv_norm = sqrt_channels / tl.maximum(tl.sqrt(tl.sum(x * x, axis=0)), eps)  # F.normalize's clamp
         _rms_write(y_ptr, x, offsets, mask, c_tile, c_mask, inv_norm, gamma_ptr, bias_ptr, HAS_BIAS, SILU)
@@ -91,7 +93,7 @@ def _rms_norm_silu_kernel(
         for c0 in range(0, channels, BLOCK_C):
             c = c0 + c_tile
             mask = (c < channels)[:, None] & s_mask[None, :]
-            offsets = batch_offset + c[:, None].to(tl.int64) * spatial + s[None, :]
+            offsets = batch_offset + c[:, None].to(tl.int64) * stride_c + s[None, :].to(tl.int64) * stride_s
             x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             sum_sq += tl.sum(x * x, axis=0)
         inv_norm = sqrt_channels / tl.maximum(tl.sqrt(sum_sq), eps)
@@ -99,7 +101,7 @@ def _rms_norm_silu_kernel(
             c = c0 + c_tile
             c_mask = c < channels
             mask = c_mask[:, None] & s_mask[None, :]
-            offsets = batch_offset + c[:, None].to(tl.int64) * spatial + s[None, :]
+            offsets = batch_offset + c[:, None].to(tl.int64) * stride_c + s[None, :].to(tl.int64) * stride_s
             x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             _rms_write(y_ptr, x, offsets, mask, c, c_mask, inv_norm, gamma_ptr, bias_ptr, HAS_BIAS, SILU)
 
@@ -198,14 +200,21 @@ def _interpreted() -> bool:
     return ours
 
 
-def _prepare(x):
-    """-> (x contiguous, (B, C, S), y, device context) after checking the device."""
+def _channels_last(x) -> bool:
+    """x (B, C, *spatial) stored channels-last (NHWC / NDHWC): channels innermost, the rest in order."""
+    return x.dim() > 2 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
+
+
+def _prepare(x, keep: bool = False):
+    """-> (x, (B, C, S), y of x's layout, device context) after checking the device. x is made contiguous unless
+    `keep` (a layout the kernel reads as it is)."""
     if x.device.type != "cuda" and not _interpreted():
         raise RuntimeError(f"kernels.vae_norm runs on CUDA tensors, got {x.device}; for CPU tensors set "
                            "TRITON_INTERPRET=1 before triton is first imported")
-    x = x.contiguous()  # no copy when x is already contiguous
+    if not keep:
+        x = x.contiguous()  # no copy when x is already contiguous
     batch, channels = x.shape[:2]
-    y = torch.empty_like(x)
+    y = torch.empty_like(x)  # dense x: the same strides
     device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
     return x, (batch, channels, math.prod(x.shape[2:])), y, device
 
@@ -225,14 +234,16 @@ def rms_norm_silu(x, gamma, bias, eps, silu, *, block_c=None, block_s=None, num_
     SiLU if `silu`. gamma, bias (C,) or (C, 1, ...); bias may be None. block_c, block_s, num_warps override
     the tile (powers of two) and warps; the defaults read x once for C <= MAX_ONE_TILE_C."""
     check_norm_args(x, {"gamma": gamma, "bias": bias}, eps)
-    x, (batch, channels, spatial), y, device = _prepare(x)
+    channels_last = _channels_last(x)
+    x, (batch, channels, spatial), y, device = _prepare(x, keep=channels_last)
     if x.numel() == 0:
         return y
+    stride_c, stride_s = (1, channels) if channels_last else (spatial, 1)
     block_c, block_s = _rms_blocks(channels, block_c, block_s)
     with device:
         _rms_norm_silu_kernel[(triton.cdiv(spatial, block_s), batch)](
             y, x, _flat(gamma), x if bias is None else _flat(bias),  # no bias: a pointer never read
-            channels, spatial, math.sqrt(channels), float(eps),
+            channels, spatial, stride_c, stride_s, math.sqrt(channels), float(eps),
             HAS_BIAS=bias is not None, SILU=bool(silu), ONE_TILE=block_c >= channels,
             BLOCK_C=block_c, BLOCK_S=block_s, num_warps=num_warps or (4 if block_c * block_s <= 4096 else 8),
         )
@@ -251,6 +262,7 @@ def group_norm_silu(x, num_groups, weight, bias, eps, silu, *, splits=None, stat
     then SiLU if `silu`. splits, stats_block (power of two), block_s (power of two) and num_warps (of the
     apply kernel) override the split reduction and the tiles."""
     check_norm_args(x, {"weight": weight, "bias": bias}, eps, num_groups)
+    channels_last = _channels_last(x)  # read through a contiguous copy: a group is one run of memory
     x, (batch, channels, spatial), y, device = _prepare(x)
     if x.numel() == 0:
         return y
@@ -273,4 +285,6 @@ def group_norm_silu(x, num_groups, weight, bias, eps, silu, *, splits=None, stat
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_S=block_s,
             num_warps=num_warps or 4,
         )
+    if channels_last:  # the layout x came in, as the reference (and so torch.compile's fake) returns it
+        y = y.contiguous(memory_format=torch.channels_last_3d if y.dim() == 5 else torch.channels_last)
     return y

@@ -22,7 +22,8 @@ from workbench.runner import DecodeJob, load_model
 LEVER_FP32_REL = 2e-5
 SIZES = {name: ((64, 96, 9) if get_preset(name).is_video else (64, 96, 1)) for name in PRESETS}
 SIZES["wan2.2-ti2v-5b"] = (128, 96, 9)
-EAGER_LEVERS = [["causal_conv"], ["fused_norm"], ["channels_last"], ["causal_conv", "fused_norm"]]
+EAGER_LEVERS = [["causal_conv"], ["fused_norm"], ["channels_last"], ["causal_conv", "fused_norm"],
+                ["channels_last", "causal_conv", "fused_norm"]]
 
 
 def setup(name):

@@ -58,6 +58,7 @@ class Case:
     groups: int = 0  # group only
     mean: float = 0.5  # x = mean + 2 * randn
     strided: bool = False  # x a non-contiguous view
+    channels_last: bool = False  # x stored NHWC / NDHWC (the channels_last lever): rms reads it in place
     launch: tuple = ()  # Triton launcher overrides, (name, value) pairs
 
     @property
@@ -65,7 +66,8 @@ class Case:
         parts = [self.op, "x".join(map(str, self.shape)), self.dtype, "affine" if self.affine else "plain",
                  "silu" if self.silu else "nosilu"]
         parts += [f"g{self.groups}"] * bool(self.groups) + [f"mean{self.mean:g}"] * (self.mean != 0.5)
-        parts += ["strided"] * self.strided + [f"{k}{v}" for k, v in self.launch]
+        parts += ["strided"] * self.strided + ["channels_last"] * self.channels_last
+        parts += [f"{k}{v}" for k, v in self.launch]
         return "-".join(parts)
 
 
@@ -81,6 +83,8 @@ def make_args(case: Case, device="cpu") -> dict:
     if case.strided:  # every other element along the last dim of a twice-as-wide tensor
         wide = torch.zeros(*case.shape[:-1], 2 * case.shape[-1], dtype=dtype, device=device)
         x = wide[..., ::2].copy_(x)
+    if case.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
     bias = randn(channels, std=0.5) if case.affine else None
     if case.op == "rms":  # gamma as WanRMS_norm(images=False) holds it, (C, 1, 1, 1)
         return {"x": x, "gamma": randn(channels, 1, 1, 1, std=0.5, mean=1.0),
@@ -144,7 +148,11 @@ def test_reference_matches_float64(case):
     args = make_args(case)
     out = reference(case, args)
     dtype = DTYPES[case.dtype]
-    assert out.dtype == dtype and out.is_contiguous()
+    assert out.dtype == dtype
+    if case.channels_last:  # read in place and written in x's layout: no copy on either side
+        assert out.movedim(1, -1).is_contiguous() and not out.is_contiguous()
+    else:
+        assert out.is_contiguous()
     rtol = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps / 2 + 1e-5
     assert_close(case, out, float64_truth(case, args), rtol=rtol, atol=1e-5)
 
@@ -221,6 +229,10 @@ def _triton_cases() -> list[Case]:
                 cases.append(Case("group", shape, dtype, *next(flags), groups,
                                   launch=small_stats + (("splits", splits), ("block_s", 16))))
     cases.append(Case("rms", (2, 48, 3, 5, 9), "bf16", True, True, strided=True))
+    cases.append(Case("rms", (2, 48, 3, 5, 9), "bf16", True, True, channels_last=True))
+    cases.append(Case("rms", (1, 40, 7, 13), "fp32", False, True, channels_last=True))
+    cases.append(Case("rms", (2, 48, 3, 5, 9), "fp32", True, False, channels_last=True, launch=chunked))
+    cases.append(Case("group", (2, 16, 5, 7), "bf16", True, True, 4, channels_last=True, launch=small_stats))
     cases.append(Case("group", (2, 16, 5, 7), "bf16", True, True, 4, strided=True, launch=small_stats))
     cases.append(Case("group", (2, 16, 5, 7), "fp32", True, False, 4, mean=300.0,
                       launch=small_stats + (("splits", 2),)))
@@ -266,7 +278,11 @@ def test_triton_matches_reference(case, triton_outputs):
     assert not isinstance(out, str), out
     args = make_args(case)
     dtype = DTYPES[case.dtype]
-    assert out.dtype == dtype and out.is_contiguous()
+    assert out.dtype == dtype
+    if case.channels_last:  # read in place and written in x's layout: no copy on either side
+        assert out.movedim(1, -1).is_contiguous() and not out.is_contiguous()
+    else:
+        assert out.is_contiguous()
     rtol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
     if case.mean == 0.5:
         assert_close(case, out, reference(case, args), rtol=rtol, atol=1e-5)
@@ -298,21 +314,25 @@ def test_triton_kernels_compile_for_hopper_with_16_byte_accesses():
     def ptx(kernel, types: dict, constexprs: dict, num_warps: int) -> str:
         signature = {n: "constexpr" if n in constexprs else types[n] for n in kernel.arg_names}
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
-                 if signature[n].startswith("*") or n in ("spatial", "group_numel", "chunk_numel")}
+                 if signature[n].startswith("*") or n in ("channels", "spatial", "group_numel", "chunk_numel", "stride_c", "stride_s")}
         source = ASTSource(kernel, signature, constexprs, attrs)
         return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
 
     def accesses(text: str) -> set[str]:
         return set(re.findall(r"(?:ld|st)\.global[\w.]*", text))
 
-    rms_types = {"y_ptr": "*bf16", "x_ptr": "*bf16", "gamma_ptr": "*bf16", "bias_ptr": "*bf16",
-                 "channels": "i32", "spatial": "i32", "sqrt_channels": "fp32", "eps": "fp32"}
-    for channels in (96, 192, 384, 768):  # Wan's decoder widths; 768: the chunked path
-        block_c, block_s = vae_norm._rms_blocks(channels, None, None)
-        text = ptx(vae_norm._rms_norm_silu_kernel, rms_types,
-                   {"HAS_BIAS": True, "SILU": True, "ONE_TILE": block_c >= channels, "BLOCK_C": block_c,
-                    "BLOCK_S": block_s}, 8)
-        assert accesses(text) == {"ld.global.v4.b32", "ld.global.b16", "st.global.v4.b32"}, channels
+    rms_types = {"y_ptr": "*bf16", "x_ptr": "*bf16", "gamma_ptr": "*bf16", "bias_ptr": "*bf16", "channels": "i32",
+                 "spatial": "i32", "stride_c": "i32", "stride_s": "i32", "sqrt_channels": "fp32", "eps": "fp32"}
+    # The JIT specialises a stride of 1 as a constant: channel-first x has stride_s 1, channels-last stride_c 1.
+    for unit_stride in ("stride_s", "stride_c"):
+        for channels in (96, 192, 384, 768):  # Wan's decoder widths; 768: the chunked path
+            block_c, block_s = vae_norm._rms_blocks(channels, None, None)
+            text = ptx(vae_norm._rms_norm_silu_kernel, rms_types,
+                       {"HAS_BIAS": True, "SILU": True, "ONE_TILE": block_c >= channels, "BLOCK_C": block_c,
+                        "BLOCK_S": block_s, unit_stride: 1}, 8)
+            found = accesses(text)  # x in 16-byte vectors, y likewise; gamma and bias (tiny) as they come
+            assert "ld.global.v4.b32" in found and found - {"ld.global.b16", "ld.global.b32", "ld.global.v2.b32"} == {
+                "ld.global.v4.b32", "st.global.v4.b32"}, (unit_stride, channels, found)
     text = ptx(vae_norm._group_apply_kernel,
                {"y_ptr": "*bf16", "x_ptr": "*bf16", "stats_ptr": "*fp32", "weight_ptr": "*bf16", "bias_ptr": "*bf16",
                 "channels": "i32", "spatial": "i32", "channels_per_group": "i32"},
