@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks import check_float
+
 __all__ = [
     "check_modulation_args",
     "layernorm_scale_shift_reference",
@@ -23,16 +25,6 @@ __all__ = [
     "layernorm_scale_shift_gate_select01_reference",
     "layernorm_scale_shift_gate_select01_residual_reference",
 ]
-
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _check_float(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
-
 
 def _check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
     if tuple(t.shape) != shape:
@@ -44,16 +36,16 @@ def check_modulation_args(x, weight, bias, mods: dict, index=None, residual=None
 
     `mods` maps parameter names to the modulation tensors, each (B, D), all of one dtype.
     """
-    _check_float("x", x)
+    check_float("x", x)
     if x.dim() != 3:
         raise ValueError(f"x must be 3-D (batch, tokens, hidden), got shape {tuple(x.shape)}")
     batch, tokens, hidden = x.shape
     for name, t in {"weight": weight, "bias": bias}.items():
         if t is not None:
-            _check_float(name, t)
+            check_float(name, t)
             _check_shape(name, t, (hidden,), "(hidden,)")
     for name, t in mods.items():
-        _check_float(name, t)
+        check_float(name, t)
         _check_shape(name, t, (batch, hidden), "(batch, hidden)")
     mod_dtypes = {t.dtype for t in mods.values()}
     if len(mod_dtypes) > 1:
@@ -64,9 +56,9 @@ def check_modulation_args(x, weight, bias, mods: dict, index=None, residual=None
                             f"{getattr(index, 'dtype', type(index).__name__)}")
         _check_shape("index", index, (batch, tokens), "(batch, tokens)")
     if residual is not None:
-        _check_float("residual", residual)
+        check_float("residual", residual)
         _check_shape("residual", residual, tuple(x.shape), "x.shape")
-        _check_float("residual_gate", residual_gate)
+        check_float("residual_gate", residual_gate)
         if residual_gate.dim() != 3 or residual_gate.shape[0] != batch or residual_gate.shape[2] != hidden \
                 or residual_gate.shape[1] not in (1, tokens):
             raise ValueError(f"residual_gate must have shape (batch, tokens, hidden) = {(batch, tokens, hidden)} "

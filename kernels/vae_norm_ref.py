@@ -27,21 +27,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .checks import check_float
+
 __all__ = ["check_norm_args", "rms_norm_silu_reference", "group_norm_silu_reference"]
-
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _check_float(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
-
 
 def _check_per_channel(name: str, t: torch.Tensor, channels: int) -> None:
     """(C,) or (C, 1, ..., 1), as diffusers' norms hold their parameters."""
-    _check_float(name, t)
+    check_float(name, t)
     if t.dim() == 0 or t.shape[0] != channels or t.numel() != channels:
         raise ValueError(f"{name} must have shape (C,) or (C, 1, ...) with C = {channels}, got {tuple(t.shape)}")
 
@@ -49,7 +41,7 @@ def _check_per_channel(name: str, t: torch.Tensor, channels: int) -> None:
 def check_norm_args(x, params: dict, eps, num_groups: int | None = None) -> None:
     """Raise a clear error (naming the parameter and what it accepts) unless the arguments fit together.
     `params` maps names to per-channel tensors or None."""
-    _check_float("x", x)
+    check_float("x", x)
     if x.dim() < 2:
         raise ValueError(f"x must be channel-first (batch, channels, *spatial), got shape {tuple(x.shape)}")
     channels = x.shape[1]

@@ -20,11 +20,12 @@ The ops are for inference: there is no autograd formula, and a backward through 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 import torch
 
-__all__ = ["NAMESPACE", "CustomOp", "triton_available"]
+__all__ = ["NAMESPACE", "CustomOp", "KernelOp", "triton_available"]
 
 NAMESPACE = "workbench"
 
@@ -65,3 +66,21 @@ class CustomOp:
         op = torch.library.custom_op(f"{NAMESPACE}::{self.name}", run, mutates_args=(), schema=self.schema)
         op.register_fake(self.fake)
         return getattr(getattr(torch.ops, NAMESPACE), self.name).default
+
+
+class KernelOp(CustomOp):
+    """An op over a Triton kernel file and its reference: native runs `<name>_reference` of `reference` (a module
+    of PyTorch references), cuda runs the launcher `<name>` of `workbench.kernels.<kernels>`, imported on the
+    first CUDA call."""
+
+    kernels: str  # the kernel file's module name under workbench.kernels
+
+    def __init__(self, name: str, schema: str, reference):
+        self.name, self.schema = name, schema
+        self.reference = getattr(reference, f"{name}_reference")
+
+    def forward_native(self, *args):
+        return self.reference(*args)
+
+    def forward_cuda(self, *args):
+        return getattr(importlib.import_module(f"workbench.kernels.{self.kernels}"), self.name)(*args)

@@ -16,11 +16,9 @@ native: the PyTorch reference (float32 statistics, one rounding); cuda: the Trit
 
 from __future__ import annotations
 
-import importlib
-
 from workbench.kernels import modulation_ref as ref
 
-from .custom_op import CustomOp
+from .custom_op import KernelOp
 
 __all__ = [
     "layernorm_scale_shift",
@@ -35,18 +33,13 @@ _RES = "Tensor residual, Tensor residual_gate"
 _AFFINE = "Tensor? weight, Tensor? bias"
 
 
-class ModulationOp(CustomOp):
+class ModulationOp(KernelOp):
     """One of the four variants: `name` is both the op's and the Triton launcher's, `name`_reference the native."""
 
+    kernels = "modulation"
+
     def __init__(self, name: str, schema: str):
-        self.name, self.schema = name, schema
-        self.reference = getattr(ref, f"{name}_reference")
-
-    def forward_native(self, *args):
-        return self.reference(*args)
-
-    def forward_cuda(self, *args):
-        return getattr(importlib.import_module("workbench.kernels.modulation"), self.name)(*args)
+        super().__init__(name, schema, ref)
 
     def forward_npu(self, *args):
         import torch_npu  # only reached with npu tensors, so torch_npu is already loaded

@@ -37,7 +37,6 @@ modules are not instances of the norm classes, on purpose (see _FusedNorm).
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,7 +44,7 @@ from torch import nn
 
 from workbench.kernels import vae_norm_ref as ref
 
-from .custom_op import CustomOp
+from .custom_op import KernelOp
 
 __all__ = [
     "rms_norm_silu",
@@ -62,18 +61,13 @@ F_NORMALIZE_EPS = 1e-12  # WanRMS_norm calls F.normalize with its default eps
 
 # --- the ops --------------------------------------------------------------------------------------------------
 
-class VAENormOp(CustomOp):
+class VAENormOp(KernelOp):
     """`name` is both the op's and the Triton launcher's; `name`_reference is the native implementation."""
 
+    kernels = "vae_norm"
+
     def __init__(self, name: str, schema: str):
-        self.name, self.schema = name, schema
-        self.reference = getattr(ref, f"{name}_reference")
-
-    def forward_native(self, *args):
-        return self.reference(*args)
-
-    def forward_cuda(self, *args):
-        return getattr(importlib.import_module("workbench.kernels.vae_norm"), self.name)(*args)
+        super().__init__(name, schema, ref)
 
 
 _rms_norm_silu = VAENormOp(
