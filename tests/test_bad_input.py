@@ -37,6 +37,8 @@ CLI_CASES = [
     (D + ["--dtype", "int8"], "--dtype: unknown dtype 'int8'; accepted: float32, bfloat16, float16"),
     (D + ["--batch", "0"], "--batch must be int >= 1, got 0"),
     (D + ["--mode", "auto", "--budget-gib", "-1"], "--budget-gib must be > 0"),
+    (D + ["--levers", "causal_conv,warp"], "--levers: unknown lever warp; accepted: channels_last, causal_conv"),
+    (D + ["--mode", "shard", "--world", "2", "--levers", "fused_norm"], "--levers applies to full and tiled"),
     (D + ["--size", "13x13"], "--size: qwen-image: height and width must be multiples of 8 pixels, got 13x13"),
     (D + ["--size", "512"], "size must be HxW or HxWxF"),
     (D + ["--size", "0x0"], "size must be HxW or HxWxF"),

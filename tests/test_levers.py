@@ -17,7 +17,7 @@ from helpers import DEVICE
 from workbench.models import PRESETS, get_preset
 from workbench.ops.vae import optimized
 from workbench.parallel.vae import decode
-from workbench.runner import DecodeJob, load_model
+from workbench.runner import DecodeJob, LocalRunner, load_model
 
 LEVER_FP32_REL = 2e-5
 SIZES = {name: ((64, 96, 9) if get_preset(name).is_video else (64, 96, 1)) for name in PRESETS}
@@ -53,6 +53,20 @@ class TestLeversMatchTheModel:
         with optimized(vae, ["causal_conv", "fused_norm"]):
             out = decode(vae, z, "tiled", profile=False, tile_px=32, stride_px=24).output
         assert rel_error(out, ref) <= LEVER_FP32_REL
+
+
+class TestLeversThroughTheRunner:
+    def test_compare_passes_levers_to_full_and_tiled_and_records_them(self):
+        job = DecodeJob(model="wan2.1", size=SIZES["wan2.1"], weights="random", device=DEVICE)
+        vae, z = setup("wan2.1")
+        plain = decode(vae, z, "full", profile=False).output.cpu()
+        comparison = LocalRunner(DEVICE).compare(job, ["full", "tiled"], tile_px=32, stride_px=24,
+                                                 levers=("causal_conv", "fused_norm"))
+        full = comparison.results["full"]
+        assert full.params["levers"] == ("causal_conv", "fused_norm")
+        assert comparison.results["tiled"].params["levers"] == ("causal_conv", "fused_norm")
+        assert rel_error(full.output, plain) <= LEVER_FP32_REL
+        assert not [m for m in vae.modules() if "forward" in m.__dict__]  # undone after the comparison
 
 
 class TestLeversAreUndone:

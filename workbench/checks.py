@@ -146,7 +146,8 @@ def _dtype(dtype) -> None:
 
 def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool = True, dtype: str = "float32",
                  batch: int = 1, tile_px=None, stride_px=None, tile_frames=None, halo_latent=None, grid=None,
-                 merge=None, output=None, attention=None, budget_gib=None, under_torchrun: bool = False) -> dict:
+                 merge=None, output=None, attention=None, budget_gib=None, levers=None,
+                 under_torchrun: bool = False) -> dict:
     """Every decode argument against the preset, the latent and the ranks; the checked strategy parameters."""
     from .models.presets import ModelError, get_preset
     from .models.shapes import latent_shape, parse_size
@@ -201,9 +202,26 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
         raise BadInput(f"{e}") from None
     if grid is not None and not {"shard", "patch"} & set(modes):
         raise BadInput("--grid applies to patch and shard only; add one of them to --mode or drop --grid")
+    levers = _levers(levers, modes)
     params = {"tile_px": tile_px, "stride_px": stride_px, "tile_frames": tile_frames, "halo_latent": halo_latent,
-              "merge": merge, "output": output, "attention": attention, "memory_budget_gib": budget_gib, "grid": grid}
+              "merge": merge, "output": output, "attention": attention, "memory_budget_gib": budget_gib, "grid": grid,
+              "levers": levers}
     return {k: v for k, v in params.items() if v is not None}
+
+
+def _levers(levers, modes) -> tuple | None:
+    """--levers: known speed levers, for a mode that takes them (full, tiled)."""
+    if not levers:
+        return None
+    from .ops.vae import LEVERS
+
+    levers = tuple(levers)
+    bad = [lever for lever in levers if lever not in LEVERS]
+    if bad:
+        raise BadInput(f"--levers: unknown lever {', '.join(bad)}; accepted: {', '.join(LEVERS)}")
+    if not {"full", "tiled"} & set(modes):
+        raise BadInput("--levers applies to full and tiled (single-device decodes); add one of them to --mode")
+    return levers
 
 
 def check_generate(*, pipeline: str, size, steps: int, world: int, sp: int, cfg: int, attention: str,

@@ -51,6 +51,9 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-attention", default=None, dest="attention",
                    help="shard mid-block attention: local_queries (default) or all_queries (bitwise equal to full)")
     p.add_argument("--budget-gib", type=float, default=None, help="auto: memory budget per device (GiB)")
+    p.add_argument("--levers", default=None, type=lambda text: tuple(v.strip() for v in text.split(",") if v.strip()),
+                   help="full and tiled: comma-separated speed levers (workbench.ops.vae), e.g. causal_conv,fused_norm; "
+                        "also channels_last, compile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +139,7 @@ def _check_decode(args, modes: list[str]) -> tuple[dict, int]:
                                  dtype=args.dtype, batch=args.batch, tile_px=args.tile_px, stride_px=args.stride_px,
                                  tile_frames=args.tile_frames, halo_latent=args.halo_latent, grid=args.grid,
                                  merge=args.merge, output=args.output, attention=args.attention, budget_gib=args.budget_gib,
-                                 under_torchrun=checks.under_torchrun())
+                                 levers=args.levers, under_torchrun=checks.under_torchrun())
     return params, world
 
 
@@ -195,7 +198,7 @@ def cmd_bench(args) -> int:
                                  dtype=args.dtype, tile_px=args.tile_px, stride_px=args.stride_px,
                                  tile_frames=args.tile_frames, halo_latent=args.halo_latent, grid=args.grid,
                                  merge=args.merge, output=args.output, attention=args.attention, budget_gib=args.budget_gib,
-                                 under_torchrun=True) if configs else {}
+                                 levers=args.levers, under_torchrun=True) if configs else {}
     rows = []
     with make_runner(1, args.device) as runner:
         world = runner.world_size

@@ -5,17 +5,25 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ...ops.vae import optimized
 from .blend import blend_into
 from .plan import frame_windows, plan_tiles
 
 
-def decode_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192, tile_frames: int | None = None):
+def decode_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192, tile_frames: int | None = None,
+                 levers: tuple = ()):
     """Overlapping spatial tiles blended with linear ramps; videos optionally in windows of frames.
 
     `tile_frames` (latent frames per window; None = all) bounds how much of each tile's video is in
     flight: every tile keeps its own causal frame cache across windows, so any window size gives the
     same output as one pass, while memory holds only one window of decoded frames per tile.
+    `levers`: speed levers for the tiles' decodes (workbench.ops.vae.LEVERS).
     """
+    with optimized(ctx.fd.vae, levers):
+        return _decode_tiles(ctx, z, tile_px, stride_px, tile_frames)
+
+
+def _decode_tiles(ctx, z: torch.Tensor, tile_px: int, stride_px: int, tile_frames: int | None):
     fd = ctx.fd
     z5 = fd.as_5d(z)
     plan = plan_tiles(z5.shape[2:], scale=fd.spatial_ratio, tile_px=tile_px, stride_px=stride_px)
