@@ -8,6 +8,9 @@ so a reference and a pool's result always meet on one device.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -67,3 +70,20 @@ def gone(pids, within_s: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def run_triton_script(script: str, tmp_path_factory) -> dict:
+    """Run a kernel test file as a script in a child process, which writes its Triton outputs to a file: on a
+    GPU as is, elsewhere with TRITON_INTERPRET=1 (it must be set before triton is first imported, whatever this
+    process imported already). Returns what the child saved."""
+    import pytest
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    path = tmp_path_factory.mktemp("triton") / "outputs.pt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    if not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
+    child = subprocess.run([sys.executable, script, str(path)], env=env, capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-4000:]
+    return torch.load(path)

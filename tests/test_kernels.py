@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import zlib
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_triton_script
 
 from workbench.kernels import modulation_ref as ref
 
@@ -240,15 +240,7 @@ def run_triton_cases(cases, device: str) -> dict:
 
 @pytest.fixture(scope="module")
 def triton_outputs(tmp_path_factory):
-    pytest.importorskip("triton")
-    path = tmp_path_factory.mktemp("triton") / "outputs.pt"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    if not torch.cuda.is_available():
-        env["TRITON_INTERPRET"] = "1"
-    child = subprocess.run([sys.executable, __file__, str(path)], env=env, capture_output=True, text=True,
-                           timeout=600)
-    assert child.returncode == 0, child.stderr[-4000:]
-    return torch.load(path)
+    return run_triton_script(__file__, tmp_path_factory)
 
 
 @pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: c.id)

@@ -20,7 +20,6 @@ import itertools
 import math
 import os
 import re
-import subprocess
 import sys
 import zlib
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_triton_script
 from torch import nn
 
 from workbench import ops
@@ -141,6 +141,14 @@ REFERENCE_CASES += [Case(op, (2, 48, 3, 5, 9), "fp32", True, True, 8 if op == "g
                     for op in ("rms", "group")]
 
 
+def assert_layout(case: Case, out: torch.Tensor) -> None:
+    """The output has x's layout: channels-last read in place and written so, else contiguous."""
+    if case.channels_last:
+        assert out.movedim(1, -1).is_contiguous() and not out.is_contiguous()
+    else:
+        assert out.is_contiguous()
+
+
 @pytest.mark.parametrize("case", REFERENCE_CASES, ids=lambda c: c.id)
 def test_reference_matches_float64(case):
     # Tolerance: float32 statistics and arithmetic (~1e-6 relative: rtol 1e-5), then ONE rounding to bf16/fp16,
@@ -149,10 +157,7 @@ def test_reference_matches_float64(case):
     out = reference(case, args)
     dtype = DTYPES[case.dtype]
     assert out.dtype == dtype
-    if case.channels_last:  # read in place and written in x's layout: no copy on either side
-        assert out.movedim(1, -1).is_contiguous() and not out.is_contiguous()
-    else:
-        assert out.is_contiguous()
+    assert_layout(case, out)
     rtol = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps / 2 + 1e-5
     assert_close(case, out, float64_truth(case, args), rtol=rtol, atol=1e-5)
 
@@ -258,15 +263,7 @@ def run_triton_cases(cases, device: str) -> dict:
 
 @pytest.fixture(scope="module")
 def triton_outputs(tmp_path_factory):
-    pytest.importorskip("triton")
-    path = tmp_path_factory.mktemp("triton") / "outputs.pt"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    if not torch.cuda.is_available():
-        env["TRITON_INTERPRET"] = "1"
-    child = subprocess.run([sys.executable, __file__, str(path)], env=env, capture_output=True, text=True,
-                           timeout=600)
-    assert child.returncode == 0, child.stderr[-4000:]
-    return torch.load(path)
+    return run_triton_script(__file__, tmp_path_factory)
 
 
 @pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: c.id)
@@ -279,10 +276,7 @@ def test_triton_matches_reference(case, triton_outputs):
     args = make_args(case)
     dtype = DTYPES[case.dtype]
     assert out.dtype == dtype
-    if case.channels_last:  # read in place and written in x's layout: no copy on either side
-        assert out.movedim(1, -1).is_contiguous() and not out.is_contiguous()
-    else:
-        assert out.is_contiguous()
+    assert_layout(case, out)
     rtol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
     if case.mean == 0.5:
         assert_close(case, out, reference(case, args), rtol=rtol, atol=1e-5)
