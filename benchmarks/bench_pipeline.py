@@ -123,7 +123,7 @@ def _gather(value, ctx) -> list:
     return out
 
 
-def run_variant(model, name, variant, inputs, ctx, args) -> dict:
+def run_variant(model, name, variant, inputs, ctx, args, size) -> dict:
     compiled, fused = variant.startswith("compile"), variant.endswith("fused")
     row = dict(model=name, variant=variant, world=ctx.world_size, sp=ctx.world_size, attention=args.attention,
                compile=compiled, fused=fused)
@@ -144,6 +144,8 @@ def run_variant(model, name, variant, inputs, ctx, args) -> dict:
         return row
     if compiled:
         row["dynamo_graphs"], row["dynamo_graph_breaks"] = (a - b for a, b in zip(_dynamo_counts(), (graphs, breaks)))
+    if variant in args.profile.split(","):
+        profile_step(model, name, variant, inputs, ctx, args, size)
     reference = eager_outputs.setdefault(name, out.float()) if variant == "eager" else eager_outputs.get(name)
     if reference is not None:  # random weights: a large (or nan) difference means the variant computes something else
         row["max_abs_vs_eager"] = float((out.float() - reference).abs().max())
@@ -154,6 +156,24 @@ def run_variant(model, name, variant, inputs, ctx, args) -> dict:
                steps_s=slowest, first_call_s=max(r[1] for r in per_rank),
                peak_gib_per_rank=[None if r[2] is None else r[2] / 2**30 for r in per_rank])
     return row
+
+
+def profile_step(model, name, variant, inputs, ctx, args, size) -> None:
+    """One more forward under torch.profiler; rank 0 writes the ops sorted by self device time."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if ctx.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    _barrier(ctx)
+    with torch.inference_mode(), torch.profiler.profile(activities=activities) as prof:
+        model(**inputs)
+        _sync(ctx.device)
+    if ctx.rank == 0:
+        hw = "x".join(map(str, size[:2] if size[2] == 1 else size))
+        out = Path(args.out) / "profiles" / f"pipeline_{name}_{hw}_sp{ctx.world_size}_{variant.replace('+', '_')}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sort = "self_cuda_time_total" if ctx.device.type == "cuda" else "self_cpu_time_total"
+        out.write_text(f"# {command(sys.argv[1:])}\n# one forward, rank 0 of {ctx.world_size}\n"
+                       + prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=70))
 
 
 def machine(ctx) -> dict:
@@ -196,8 +216,11 @@ def merge_previous(record: dict, old: dict | None) -> dict:
     `old` is that file as it was when this launch started (this launch rewrites it after every row)."""
     if old is None:
         return {**record, "commands": [record["command"]]}
-    measured = {(r["model"], r["variant"]) for r in record["rows"]}
-    kept = [r for r in old.get("rows", []) if (r["model"], r["variant"]) not in measured]
+    def key(r):
+        return r["model"], r["variant"], tuple(r.get("size") or SIZES[r["model"]])
+
+    measured = {key(r) for r in record["rows"]}
+    kept = [r for r in old.get("rows", []) if key(r) not in measured]
     return {**record, "rows": kept + record["rows"], "commands": old.get("commands", [old.get("command")]) +
             [record["command"]]}
 
@@ -211,7 +234,11 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards first")
     p.add_argument("--compile-warmup", type=int, default=1, help="extra untimed forwards for compiled variants")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--sizes", default="", help="MODEL=HxW[xF] overrides of the default sizes, comma-separated, "
+                   "e.g. qwen-image=2048x2048")
     p.add_argument("--out", default=str(ROOT / "data" / "bench"))
+    p.add_argument("--profile", default="", help="comma-separated variants to run once more under torch.profiler; "
+                   "rank 0 writes the per-op table to OUT/profiles/pipeline_<model>_<HxW>_sp<N>_<variant, + as _>.txt")
     p.add_argument("--smoke", action="store_true", help="tiny configs on the CPU (gloo), float32, 1+2 steps")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
@@ -220,6 +247,13 @@ def main(argv=None) -> int:
     bad = [m for m in models if m not in SIZES] + [v for v in variants if v not in VARIANTS]
     if bad:
         p.error(f"unknown model/variant {', '.join(bad)}; models: {', '.join(SIZES)}; variants: {', '.join(VARIANTS)}")
+    sizes = dict(SMOKE_SIZES if args.smoke else SIZES)
+    for item in filter(None, (i.strip() for i in args.sizes.split(","))):
+        name, _, text = item.partition("=")
+        if name not in SIZES or not re.fullmatch(r"\d+x\d+(x\d+)?", text):
+            p.error(f"--sizes item {item!r}: want MODEL=HxW[xF] with MODEL one of {', '.join(SIZES)}")
+        h, w, *f = map(int, text.split("x"))
+        sizes[name] = (h, w, f[0] if f else 1)
     if args.smoke:
         args.dtype, args.steps, args.warmup, args.compile_warmup = "float32", 2, 1, 0
     ctx = init_spmd("cpu" if args.smoke else None)
@@ -243,13 +277,13 @@ def main(argv=None) -> int:
         return record, out
 
     for name in models:
-        size = (SMOKE_SIZES if args.smoke else SIZES)[name]
+        size = sizes[name]
         t0 = time.perf_counter()
         model = build_transformer(get_spec(name), tiny=args.smoke, dtype=dtype, device=ctx.device)
         build_s = time.perf_counter() - t0
         inputs = inputs_for(name, size, args.smoke, ctx.device, dtype)
         for variant in variants:
-            row = run_variant(model, name, variant, inputs, ctx, args)
+            row = run_variant(model, name, variant, inputs, ctx, args, size)
             row.update(size=list(size), image_tokens=image_tokens(get_spec(name), *size), text_tokens=inputs[
                 "encoder_hidden_states"].shape[1], dtype=args.dtype, build_s=build_s, tiny=args.smoke)
             rows.append(row)
