@@ -87,6 +87,20 @@ def test_cli_refuses_in_one_line(argv, message, tmp_path):
     assert elapsed < FAST_S, f"{elapsed:.2f} s: something heavy was imported before the check"
 
 
+def test_no_refusal_imports_torch(tmp_path):
+    """What the time bound above stands for, checked directly (a loaded machine takes seconds to import
+    torch: three refusals that imported it first failed the bound on a busy 4-GPU host, 2026-11-22)."""
+    argvs = [argv + (["--out", str(tmp_path / "written")] if "--out" not in argv and argv[0] != "bench" else [])
+             for argv, _ in CLI_CASES]
+    script = ("import contextlib, io, sys\nfrom workbench.cli import main\nfor argv in %r:\n"
+              "    with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):\n"
+              "        main(argv)\n"
+              "    if 'torch' in sys.modules:\n        print(' '.join(argv))\n        break\n" % argvs)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "", f"this refusal imported torch before refusing: {proc.stdout}"
+
+
 def test_help_is_fast():
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "workbench", "--help"], capture_output=True, text=True, cwd=ROOT)

@@ -213,7 +213,7 @@ def _levers(levers, modes) -> tuple | None:
     """--levers: known speed levers, for a mode that takes them (full, tiled)."""
     if not levers:
         return None
-    from .ops.vae import LEVERS
+    from .parallel.vae import LEVERS
 
     levers = tuple(levers)
     bad = [lever for lever in levers if lever not in LEVERS]

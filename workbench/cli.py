@@ -180,8 +180,6 @@ def cmd_decode(args) -> int:
 
 def cmd_bench(args) -> int:
     from .models import get_preset, parse_size
-    from .report import bench_rows, bench_table, write_bench
-    from .runner import DecodeJob, clear_model_cache, make_runner
 
     configs = []
     for item in args.configs.split(","):
@@ -199,6 +197,9 @@ def cmd_bench(args) -> int:
                                  tile_frames=args.tile_frames, halo_latent=args.halo_latent, grid=args.grid,
                                  merge=args.merge, output=args.output, attention=args.attention, budget_gib=args.budget_gib,
                                  levers=args.levers, under_torchrun=True) if configs else {}
+    from .report import bench_rows, bench_table, write_bench  # torch: after the checks
+    from .runner import DecodeJob, clear_model_cache, make_runner
+
     rows = []
     with make_runner(1, args.device) as runner:
         world = runner.world_size

@@ -29,9 +29,10 @@ from contextlib import ExitStack, contextmanager
 import torch
 import torch.nn.functional as F
 
+from ..parallel.vae import LEVERS  # the names live with the strategies' options, importable without torch
+
 __all__ = ["LEVERS", "optimized"]
 
-LEVERS = ("channels_last", "causal_conv", "fused_norm", "compile")
 _CAUSAL_CONVS = ("WanCausalConv3d", "QwenImageCausalConv3d")
 
 
