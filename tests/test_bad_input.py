@@ -92,10 +92,10 @@ def test_no_refusal_imports_torch(tmp_path):
     torch: three refusals that imported it first failed the bound on a busy 4-GPU host, 2026-11-22)."""
     argvs = [argv + (["--out", str(tmp_path / "written")] if "--out" not in argv and argv[0] != "bench" else [])
              for argv, _ in CLI_CASES]
-    script = ("import contextlib, io, sys\nfrom workbench.cli import main\nfor argv in %r:\n"
+    script = (f"import contextlib, io, sys\nfrom workbench.cli import main\nfor argv in {argvs!r}:\n"
               "    with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):\n"
               "        main(argv)\n"
-              "    if 'torch' in sys.modules:\n        print(' '.join(argv))\n        break\n" % argvs)
+              "    if 'torch' in sys.modules:\n        print(' '.join(argv))\n        break\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "", f"this refusal imported torch before refusing: {proc.stdout}"
