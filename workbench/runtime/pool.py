@@ -18,6 +18,7 @@ import itertools
 import os
 import queue
 import shutil
+import signal
 import tempfile
 import time
 import weakref
@@ -175,7 +176,9 @@ class WorkerPool:
                     deadline = min(deadline, time.monotonic() + ERROR_GRACE_S)
                 else:
                     replies[rank] = value
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) or "no reply" in str(e):
+                self._dump_stacks()
             self.close()  # ranks may be stuck in a collective: restart on the next call
             raise
         if errors:
@@ -183,6 +186,15 @@ class WorkerPool:
                 self.close()  # NCCL/HCCL: a rank may have answered with a collective still queued
             raise RankError(*min(errors.items()))  # gloo: every rank answered, so the pool is fine
         return replies
+
+    def _dump_stacks(self) -> None:
+        """Every live worker writes its threads' stacks to the process's stderr (file descriptor 2, which a
+        notebook kernel does not redirect; SIGUSR1, see worker_main): where each waits."""
+        for rank, p in enumerate(self._procs):
+            if p.is_alive():
+                os.write(2, f"--- worker rank {rank} (pid {p.pid}) ---\n".encode())  # fd 2, where the dump goes
+                os.kill(p.pid, signal.SIGUSR1)
+                time.sleep(0.5)  # one at a time, and before close() stops them
 
     def __repr__(self) -> str:
         state = "running" if self.alive else "stopped"

@@ -8,6 +8,7 @@ Results go back to the parent on the CPU: the parent never touches an accelerato
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
 import signal
 import threading
@@ -46,6 +47,7 @@ def worker_main(rank: int, world_size: int, init_method: str, device_kind: str, 
                 parent_pid: int, commands, results) -> None:
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a notebook interrupt is the parent's to handle
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the parent asks where a stuck worker is
     import torch
 
     torch.set_num_threads(threads)
