@@ -128,7 +128,8 @@ def run_variant(model, name, variant, inputs, ctx, args, size) -> dict:
     row = dict(model=name, variant=variant, world=ctx.world_size, sp=ctx.world_size, attention=args.attention,
                compile=compiled, fused=fused)
     try:
-        notes = parallelize_dit(model, group=None, attention=args.attention, fused=fused, compile=compiled)
+        notes = parallelize_dit(model, group=None, attention=args.attention, fused="always" if fused else False,
+                                compile=compiled)  # "always": measured also where the pipeline would decline
         row["notes"] = notes
         if fused and not any(n.startswith("fused ops: workbench.ops") for n in notes):
             row["error"] = "; ".join(notes) or "no fused path"

@@ -144,6 +144,26 @@ def test_sp3_uneven_text_matches_single_device(clusters, name, attention):
     _check(clusters(3).run(sp_task, name, 3, attention, True, 6), name, 3, attention)
 
 
+def fused_choice_task(ctx, fused):
+    """(notes, the block classes) after parallelize_dit(fused=...) of the tiny Qwen-Image DiT at SP=world."""
+    model = build_transformer(get_spec("qwen-image"), tiny=True, device=ctx.device)
+    notes = parallelize_dit(model, group=ctx.groups.sp, fused=fused)
+    kinds = sorted({type(b).__name__ for b in model.transformer_blocks})
+    unparallelize_dit(model)
+    return notes, kinds
+
+
+@pytest.mark.slow
+def test_fused_ops_decline_at_sp_above_1_unless_always(cluster):
+    """Where the step is launch-bound (SP > 1) fused=True declines, saying why; "always" keeps the fused blocks."""
+    (notes, kinds), *_ = cluster.run(fused_choice_task, True)
+    assert kinds == ["QwenImageTransformerBlock"] and notes[0].startswith("fused ops declined at SP > 1"), notes
+    (notes, kinds), *_ = cluster.run(fused_choice_task, "always")
+    assert kinds == ["FusedQwenImageTransformerBlock"] and notes[0].startswith("fused ops: workbench.ops"), notes
+    with pytest.raises(ValueError, match="fused must be one of False, True, 'always', got 'yes'"):
+        parallelize_dit(build_transformer(get_spec("qwen-image"), tiny=True), fused="yes")
+
+
 @pytest.mark.slow
 def test_ulysses_all_to_all_built_from_all_gather(cluster):
     """The fallback for backends without all_to_all gives the same answer."""

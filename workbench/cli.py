@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg", type=int, default=1, choices=(1, 2), help="2: CFG parallel")
     g.add_argument("--attention", default="ulysses", help="sequence-parallel attention: ulysses or ring")
     g.add_argument("--decode", default="auto", choices=MODES, help="decode strategy (default: auto)")
-    g.add_argument("--fused", action="store_true", help="workbench.ops fused modulation where available")
+    g.add_argument("--fused", action="store_true", help="workbench.ops fused modulation where it pays (declined at --sp > 1, where the "
+                   "step is launch-bound; the run's notes say so)")
     g.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     g.add_argument("--world", type=int, default=None, help="spawn this many local ranks (not under torchrun)")
     g.add_argument("--out", default=None, help="folder for the image/frames, plots and JSON")

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import torch
 
+from ..comm import group_size
 from .attention import SeqShard, attention_lse, merge_lse, ring_attention, ulysses_attention
 from .sequence import ATTENTION_METHODS, is_parallelized, sequence_parallel, undo_sequence_parallel
 from .sequence import _plan as plan_for
 
 __all__ = ["parallelize_dit", "unparallelize_dit", "sequence_parallel", "undo_sequence_parallel", "is_parallelized",
            "ATTENTION_METHODS", "SeqShard", "ulysses_attention", "ring_attention", "attention_lse", "merge_lse",
-           "set_fused", "compile_blocks", "uncompile_blocks"]
+           "set_fused", "compile_blocks", "uncompile_blocks", "FUSED_CHOICES"]
+
+FUSED_CHOICES = (False, True, "always")
+# Why fused=True declines at SP > 1: there the step is bound by the host launching kernels, not by the GPU
+# (Qwen-Image 1024x1024, SP=4, 4 H200s, 2026-11-22: 48 ms of GPU time in a 134 ms compiled step,
+# data/bench/profiles/pipeline_qwen-image_1024x1024_sp4_compile_fused.txt), and each fused op is a Triton
+# kernel launched from Python, dearer to launch than the aten kernels it replaces: the compiled SP=4 step
+# took 203 ms fused against 94 ms unfused. At SP=1 the GPU is the bound and the fused ops pay (eager 168 vs
+# 179 ms) or tie (compiled 138 vs 139 ms). fused="always" keeps them, for measuring.
+DECLINED_AT_SP = ("fused ops declined at SP > 1: the step is bound by kernel launches there and the Python-launched "
+                  "fused kernels slowed it (203 vs 94 ms, Qwen-Image 1024x1024, SP=4, H200); fused='always' keeps them")
 
 
 def set_fused(model, fused: bool) -> list[str]:
@@ -37,16 +48,20 @@ def set_fused(model, fused: bool) -> list[str]:
     return []
 
 
-def parallelize_dit(model, *, group=None, attention: str = "ulysses", fused: bool = False,
+def parallelize_dit(model, *, group=None, attention: str = "ulysses", fused: bool | str = False,
                     compile: bool = False) -> list[str]:
     """Fused ops, then sequence parallelism over `group`, then compiled blocks, from a clean start (whatever
     was applied before is undone first). In place; returns notes on what was done. Collective when
-    `group` has several ranks."""
+    `group` has several ranks. `fused`: False, True (where they pay: declined at SP > 1, with a note), or
+    "always"."""
     if attention not in ATTENTION_METHODS:
         raise ValueError(f"unknown attention {attention!r}; accepted: {', '.join(ATTENTION_METHODS)}")
+    if fused not in FUSED_CHOICES:
+        raise ValueError(f"fused must be one of {', '.join(map(repr, FUSED_CHOICES))}, got {fused!r}")
     plan_for(model)  # a TypeError naming the supported models, before anything changes
     unparallelize_dit(model)
-    notes = set_fused(model, fused)
+    declined = fused != "always" and fused and group_size(group) > 1 and type(model).__name__ == "QwenImageTransformer2DModel"
+    notes = [DECLINED_AT_SP] if declined else set_fused(model, bool(fused))
     sequence_parallel(model, group=group, attention=attention)
     if compile:
         compile_blocks(model)
