@@ -25,6 +25,7 @@ CLI_CASES = [
     (D + ["--size", "8x16", "--mode", "shard", "--world", "2", "--grid", "2x1"], "has more rows/cols than the latent"),
     (D + ["--mode", "parallel_tiled", "--world", "2", "--merge", "bogus"], "--merge 'bogus' is not a merge mode; accepted: allgather"),
     (D + ["--mode", "shard", "--world", "2", "--gather", "bogus"], "--gather 'bogus' is not a shard output; accepted: rank0"),
+    (D + ["--mode", "full,shard", "--world", "2", "--gather", "sharded"], "--gather sharded leaves each rank its block"),
     (D + ["--mode", "shard", "--world", "2", "--shard-attention", "bogus"],
      "--shard-attention 'bogus' is not a shard attention; accepted: local_queries, all_queries"),
     (D + ["--mode", "shard", "--world", "100000"], "--world 100000 exceeds the"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
@@ -67,9 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_strategy_args(d)
     d.add_argument("--world", type=int, default=None,
                    help="spawn this many local worker processes (not under torchrun)")
-    d.add_argument("--out", default=None, help="folder for PNGs and JSON")
+    d.add_argument("--out", default=None, help="folder for PNGs and JSON (--gather sharded: for every rank's block)")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(handler=cmd_decode)
+
+    a = sub.add_parser("assemble", help="join the blocks a decode with --gather sharded wrote into one .npy")
+    a.add_argument("folder", help="the --out folder of that decode")
+    a.add_argument("--out", default=None, help="the .npy to write (default: FOLDER/output.npy)")
+    a.set_defaults(handler=cmd_assemble)
 
     b = sub.add_parser("bench", help="time and measure decode strategies (torchrun for several ranks)")
     b.add_argument("--configs", required=True,
@@ -141,6 +147,13 @@ def _check_decode(args, modes: list[str]) -> tuple[dict, int]:
                                  tile_frames=args.tile_frames, halo_latent=args.halo_latent, grid=args.grid,
                                  merge=args.merge, output=args.output, attention=args.attention, budget_gib=args.budget_gib,
                                  levers=args.levers, under_torchrun=checks.under_torchrun())
+    if args.output == "sharded":  # each rank writes its block to --out (workbench.blocks), nothing is gathered
+        if modes != ["shard"]:
+            raise CliError("--gather sharded leaves each rank its block of the shard decode: give --mode shard alone")
+        if not args.out:
+            raise CliError("--gather sharded needs --out: the folder every rank writes its block to")
+        if any(Path(args.out).glob("block_*.json")):
+            raise CliError(f"--out {args.out!r} already holds the blocks of a decode; give a new or empty folder")
     return params, world
 
 
@@ -167,6 +180,8 @@ def cmd_decode(args) -> int:
     from .runner import make_runner, under_torchrun
 
     job = _job(args)
+    if params.get("output") == "sharded":
+        return _decode_to_disk(args, job, params, world)
     reference = modes != ["auto"]  # --mode auto alone never decodes full first
     with make_runner(world, args.device) as runner:
         comparison = runner.compare(job, modes, reference=reference, progress=not args.no_progress, **params)
@@ -176,6 +191,32 @@ def cmd_decode(args) -> int:
     if args.out:
         paths = comparison.save(args.out)
         print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+def _decode_to_disk(args, job, params: dict, world: int) -> int:
+    from .runner import make_runner, under_torchrun
+
+    with make_runner(world, args.device) as runner:
+        done = runner.decode_to_disk(job, args.out, "shard", **params)
+        if under_torchrun() and not runner.is_main:
+            return 0
+    result, paths = done
+    print(f"shard on {len(paths)} rank(s): {result.time_s:.3f} s, largest rank's peak {result.peak_bytes / 2**30:.2f} GiB; "
+          f"each rank wrote its block to {args.out}")
+    print(f"assemble them with: python -m workbench assemble {args.out}")
+    return 0
+
+
+def cmd_assemble(args) -> int:
+    from .blocks import assemble, read_manifest
+
+    try:
+        shape, metas = read_manifest(args.folder)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    path = assemble(args.folder, args.out)
+    print(f"{len(metas)} blocks -> {path}: {' x '.join(map(str, shape))} (B, C, F, H, W) float32")
     return 0
 
 

@@ -270,6 +270,39 @@ def decode_task(ctx, job, mode: str, params: dict, profile: bool = True):
     return result.output if result is not None and result.params.get("output") == "sharded" else None
 
 
+def decode_to_disk_task(ctx, job, mode: str, params: dict, out_dir: str):
+    """Cluster task: one decode, each rank writing the output it holds to `out_dir` (workbench.blocks): shard
+    leaves every rank its block (output="sharded"), so no device and no host holds the whole. Rank 0 gets
+    its Result (every rank's stats; output None) and the block paths."""
+    from .blocks import write_block
+    from .parallel.vae import SERIAL
+
+    job = job.on(ctx.device)
+    vae = load_model(job, ctx.device)
+    params = {**params, "output": "sharded"} if mode == "shard" else params
+    ok, _, why = fits(vae, job, mode, split_params(mode, params), _decode_group_size(ctx), budget_bytes(ctx))
+    if not ok:
+        raise MemoryGuardError(f"{mode}: {why}")
+    result = run_decode(ctx, vae, job.latents(ctx.device, vae), mode, params, model=job.model)
+    path, error = None, None
+    if result is not None and result.output is not None:
+        block = result.output if result.output.dim() == 5 else result.output.unsqueeze(2)  # (B, C, F, h, w)
+        alone = mode in SERIAL or ctx.world_size == 1
+        item = None if alone else result.plan.shard(ctx.rank)
+        height, width = result.plan.pixel_size if item else block.shape[-2:]
+        rows, cols = ((0, height), (0, width)) if alone else ((item.rows_px.start, item.rows_px.stop),
+                                                                 (item.cols_px.start, item.cols_px.stop))
+        try:
+            path = str(write_block(out_dir, block, rows, cols, (*block.shape[:3], height, width),
+                                   0 if alone else ctx.rank, 1 if alone else ctx.world_size))
+        except OSError as e:  # every rank learns of it below: a full disk on one host fails the call everywhere
+            error = e
+        result.output = None
+    ctx.agree(f"{mode} (writing the blocks)", error)
+    paths = ctx.gather_objects(path)
+    return (result, [p for p in paths if p]) if ctx.is_main else None
+
+
 def generate_task(ctx, request, options):
     """Cluster task: every rank generates; each returns its GenerationResult on the CPU. Workers show no
     progress bars (their output interleaves with the notebook's)."""
@@ -293,6 +326,12 @@ class Runner:
         _check_known(modes, params)
         return self._compare(job, list(modes), params, dict(reference=reference, repeats=repeats, warmup=warmup,
                                                             progress=progress))
+
+    def decode_to_disk(self, job: DecodeJob, out_dir, mode: str = "shard", **params):
+        """Decode `job` with `mode`, every rank writing the output it holds to `out_dir` (shard: its own block;
+        `workbench.blocks.assemble(out_dir)` joins them). Returns rank 0's (Result, block paths)."""
+        _check_known([mode], params)
+        return self._everywhere(decode_to_disk_task, job, mode, params, str(out_dir))
 
     def generate(self, pipeline: str = "qwen-image", **kwargs):
         """A whole generation (stages, SP, CFG parallel, decode); keywords: workbench.pipeline.make_job's."""
@@ -343,6 +382,9 @@ class LocalRunner(Runner):
     def _compare(self, job, modes, params, options):
         return compare_on_ranks(self.ctx, job, modes, params, **options)
 
+    def _everywhere(self, task, *args):
+        return task(self.ctx, *args)
+
     def decode(self, job: DecodeJob, mode: str, **params):
         _check_known([mode], params)
         job = job.on(self.ctx.device)
@@ -365,6 +407,9 @@ class Cluster(WorkerPool, Runner):
 
     def _compare(self, job, modes, params, options):
         return self.run(compare_task, job, modes, params, options)[0]
+
+    def _everywhere(self, task, *args):
+        return self.run(task, *args)[0]
 
     def decode(self, job: DecodeJob, mode: str, **params):
         """Decode `job` with `mode` on all ranks; rank 0's Result (output and every rank's stats)."""
@@ -392,6 +437,9 @@ class SpmdRunner(Runner):
     def decode(self, job: DecodeJob, mode: str, **params):
         result = decode_task(self.ctx, job, mode, params)
         return result if self.ctx.is_main else None
+
+    def _everywhere(self, task, *args):
+        return task(self.ctx, *args)  # every rank calls it; rank 0 gets the value, the others None
 
     def _generate(self, request, options):
         from .pipeline.run import run_generation
@@ -421,4 +469,4 @@ def make_runner(world_size: int = 1, device: str | None = None) -> Runner:
     return LocalRunner(device)
 
 
-__all__ += ["MemoryGuardError", "RankFailure", "compare_task", "decode_task", "generate_task", "under_torchrun", "budget_bytes", "fits"]
+__all__ += ["MemoryGuardError", "RankFailure", "compare_task", "decode_task", "decode_to_disk_task", "generate_task", "under_torchrun", "budget_bytes", "fits"]
