@@ -107,7 +107,31 @@ class TestLeversRefuse:
                 pass
         assert type(vae.decoder).__name__ == "WanDecoder3d"
 
-    def test_shard_refuses_fused_norms_instead_of_dropping_the_silu(self):
+    def test_shard_refuses_a_fused_groupnorm_instead_of_normalising_by_one_rank(self):
         vae, z = setup("glm-image")
-        with optimized(vae, ["fused_norm"]), pytest.raises(NotImplementedError, match="no rule for Fused"):
+        with optimized(vae, ["fused_norm"]), pytest.raises(NotImplementedError, match="this rank's statistics alone"):
             decode(vae, z, "shard", profile=False)
+
+
+RMS_PRESETS = [name for name in PRESETS if get_preset(name).vae_class != "AutoencoderKL"]
+
+
+class TestShardLevers:
+    """shard with the levers inside each rank against shard without: the same tolerance and reasons as above
+    (the halo exchange and the grid are the same in both)."""
+
+    @pytest.mark.parametrize("name", RMS_PRESETS)
+    def test_shard_with_levers_matches_shard(self, clusters, name):
+        cluster = clusters(2)
+        job = DecodeJob(model=name, size=SIZES[name], weights="random", device=DEVICE)
+        plain = cluster.decode(job, "shard").output
+        fast = cluster.decode(job, "shard", levers=("causal_conv", "fused_norm"))
+        assert fast.params["levers"] == ["causal_conv", "fused_norm"]
+        assert rel_error(fast.output, plain) <= LEVER_FP32_REL
+
+    def test_a_groupnorm_decoder_refuses_the_fused_norm_under_shard(self, clusters):
+        job = DecodeJob(model="glm-image", size=SIZES["glm-image"], weights="random", device=DEVICE)
+        with pytest.raises(RuntimeError, match="would normalise by this rank's statistics alone"):
+            clusters(2).decode(job, "shard", levers=("fused_norm",))
+        with pytest.raises(ValueError, match=r"shard: lever\(s\) 'compile' not accepted; accepted: causal_conv, fused_norm"):
+            clusters(2).decode(job, "shard", levers=("compile",))

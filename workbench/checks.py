@@ -202,25 +202,32 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
         raise BadInput(f"{e}") from None
     if grid is not None and not {"shard", "patch"} & set(modes):
         raise BadInput("--grid applies to patch and shard only; add one of them to --mode or drop --grid")
-    levers = _levers(levers, modes)
+    levers = _levers(levers, modes, preset)
     params = {"tile_px": tile_px, "stride_px": stride_px, "tile_frames": tile_frames, "halo_latent": halo_latent,
               "merge": merge, "output": output, "attention": attention, "memory_budget_gib": budget_gib, "grid": grid,
               "levers": levers}
     return {k: v for k, v in params.items() if v is not None}
 
 
-def _levers(levers, modes) -> tuple | None:
-    """--levers: known speed levers, for a mode that takes them (full, tiled)."""
+def _levers(levers, modes, preset) -> tuple | None:
+    """--levers: known speed levers, for modes that take them (full and tiled all, shard SHARD_LEVERS)."""
     if not levers:
         return None
-    from .parallel.vae import LEVERS
+    from .parallel.vae import LEVERS, SHARD_LEVERS
 
     levers = tuple(levers)
     bad = [lever for lever in levers if lever not in LEVERS]
     if bad:
         raise BadInput(f"--levers: unknown lever {', '.join(bad)}; accepted: {', '.join(LEVERS)}")
-    if not {"full", "tiled"} & set(modes):
-        raise BadInput("--levers applies to full and tiled (single-device decodes); add one of them to --mode")
+    if not {"full", "tiled", "shard"} & set(modes):
+        raise BadInput("--levers applies to full, tiled and shard; add one of them to --mode")
+    if "shard" in modes:
+        not_shard = [lever for lever in levers if lever not in SHARD_LEVERS]
+        if not_shard:
+            raise BadInput(f"--levers {','.join(not_shard)}: shard takes {', '.join(SHARD_LEVERS)}")
+        if "fused_norm" in levers and preset.vae_class == "AutoencoderKL":
+            raise BadInput(f"--levers fused_norm: {preset.name}'s GroupNorm needs every rank's statistics under shard; "
+                           "use causal_conv there")
     return levers
 
 

@@ -38,7 +38,17 @@ class DecodeContext:
     progress: bool = False
 
 
-from . import MERGES, PARALLEL, PATCH_OUTPUTS, SERIAL, SHARD_ATTENTIONS, SHARD_OUTPUTS, STRATEGIES  # noqa: E402
+from . import (  # noqa: E402
+    LEVERS,
+    MERGES,
+    PARALLEL,
+    PATCH_OUTPUTS,
+    SERIAL,
+    SHARD_ATTENTIONS,
+    SHARD_LEVERS,
+    SHARD_OUTPUTS,
+    STRATEGIES,
+)
 
 # The parameters whose values are a fixed set, per mode.
 CHOICES = {
@@ -46,6 +56,7 @@ CHOICES = {
     "patch": {"output": PATCH_OUTPUTS},
     "shard": {"output": SHARD_OUTPUTS, "attention": SHARD_ATTENTIONS},
 }
+MODE_LEVERS = {"full": LEVERS, "tiled": LEVERS, "shard": SHARD_LEVERS}  # the `levers` each mode takes
 
 
 def strategy(mode: str):
@@ -72,6 +83,9 @@ def check_params(mode: str, params: dict) -> dict:
     for name, values in CHOICES.get(mode, {}).items():
         if name in params and params[name] not in values:
             raise ValueError(f"{mode}: {name}={params[name]!r} is not accepted; accepted: {', '.join(values)}")
+    bad = [lever for lever in params.get("levers") or () if lever not in MODE_LEVERS[mode]]
+    if bad:
+        raise ValueError(f"{mode}: lever(s) {', '.join(map(repr, bad))} not accepted; accepted: {', '.join(MODE_LEVERS[mode])}")
     return params
 
 

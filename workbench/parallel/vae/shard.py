@@ -18,6 +18,12 @@ it, with three things changed from outside, for the duration of the decode only:
   720x1280x81 from 1.316 to 1.344 s (+2%), so local_queries stays the default
   (data/bench/shard_attention_h200_sp4_*.json).
 
+Speed levers (`levers`, a subset of SHARD_LEVERS), the one-GPU decode's (workbench.ops.vae) inside each rank:
+causal_conv runs a lone uncached frame's causal convolution as a 2-D one over its last temporal tap (the
+other taps meet the causal zero padding), in the halo conv itself; fused_norm puts the fused RMS norm + SiLU
+kernels in the Wan/Qwen decoders (channel-wise: right on a shard as they are). A GroupNorm decoder's fused
+norm would take its statistics from this rank's pixels alone, so it is refused.
+
 Everything else in these decoders is pointwise or channel-wise (RMS norms, SiLU, nearest 2x
 upsampling, the Wan2.2 DupUp3D shortcut, unpatchify) and needs no change; any module type not known
 to be one or the other is refused rather than silently decoded wrong.
@@ -30,12 +36,14 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from ...ops.vae import optimized
 from .blend import gather_blocks
 from .plan import PlanError, ShardPlan, plan_shards
 
 __all__ = ["decode_shard", "sharded", "ShardComm"]
 
 from . import SHARD_ATTENTIONS as ATTENTIONS  # noqa: E402
+from . import SHARD_LEVERS  # noqa: E402
 from . import SHARD_OUTPUTS as OUTPUTS  # noqa: E402
 
 # Module types whose forward is pointwise, channel-wise or a container: correct on a shard as they are.
@@ -48,6 +56,8 @@ _LOCAL = {
     "QwenImageRMS_norm", "QwenImageUpsample",
     # AutoencoderKL
     "Decoder", "UNetMidBlock2D", "UpDecoderBlock2D", "ResnetBlock2D", "Upsample2D",
+    # the fused_norm lever's modules (workbench.ops.vae_norm): an RMS norm over channels, an Identity
+    "FusedRMSNormSiLU", "SiLUInNorm",
 }
 _ATTENTION_BLOCKS = {"WanAttentionBlock", "QwenImageAttentionBlock"}
 
@@ -106,8 +116,9 @@ class ShardComm:
 # ------------------------------------------------------------------------------------ wrappers
 
 
-def _conv_halo_forward(conv, comm: ShardComm):
-    """Forward for nn.Conv2d / nn.Conv3d (and the Wan/Qwen causal Conv3d) on a shard."""
+def _conv_halo_forward(conv, comm: ShardComm, lone_frame_2d: bool = False):
+    """Forward for nn.Conv2d / nn.Conv3d (and the Wan/Qwen causal Conv3d) on a shard; `lone_frame_2d`: the
+    causal_conv lever (a lone uncached frame through the last temporal tap as a 2-D convolution)."""
     if any(s != 1 for s in conv.stride[-2:]) or any(d != 1 for d in conv.dilation[-2:]):
         raise NotImplementedError(f"shard: spatially strided or dilated conv {conv} is not supported")
     if conv.padding_mode != "zeros":
@@ -121,7 +132,14 @@ def _conv_halo_forward(conv, comm: ShardComm):
         return None  # pointwise in space: nothing to exchange
 
     if causal:
+        lone_frame_2d = lone_frame_2d and conv._padding[4] == conv.kernel_size[0] - 1 and conv.stride[0] == 1 \
+            and conv.dilation[0] == 1
+
         def forward(x, cache_x=None):
+            if lone_frame_2d and cache_x is None and x.shape[2] == 1:  # (B, C, 1, h, w): zeros on all but the last tap
+                x = comm.halo(x[:, :, 0], pad_h, pad_w)
+                y = F.conv2d(x, conv.weight[:, :, -1], conv.bias, conv.stride[1:], 0, conv.dilation[1:], conv.groups)
+                return y.unsqueeze(2)  # (B, C_out, 1, h, w)
             time_pad = conv._padding[4]
             if cache_x is not None and time_pad > 0:
                 x = torch.cat([cache_x.to(x.device), x], dim=2)
@@ -202,11 +220,11 @@ def _gather_tokens_hook(comm: ShardComm):
 
 
 @contextmanager
-def sharded(vae, comm: ShardComm, attention: str = "local_queries"):
+def sharded(vae, comm: ShardComm, attention: str = "local_queries", lone_frame_2d: bool = False):
     """Within the block, `vae.decoder` runs on this rank's shard. The model is restored afterwards.
 
     `attention`: local_queries (own queries, gathered keys and values) or all_queries (the whole frame's
-    attention on every rank, its modules left as they are)."""
+    attention on every rank, its modules left as they are). `lone_frame_2d`: the causal_conv lever."""
     from diffusers.models.attention_processor import Attention
 
     if attention not in ATTENTIONS:
@@ -222,7 +240,7 @@ def sharded(vae, comm: ShardComm, attention: str = "local_queries"):
                 forward = _all_queries_forward(module, comm)
                 whole |= {id(m) for m in module.modules()}
             elif isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d)):
-                forward = _conv_halo_forward(module, comm)
+                forward = _conv_halo_forward(module, comm, lone_frame_2d)
             elif isinstance(module, torch.nn.GroupNorm):
                 forward = _group_norm_forward(module, comm)
             elif name in _ATTENTION_BLOCKS:
@@ -232,6 +250,9 @@ def sharded(vae, comm: ShardComm, attention: str = "local_queries"):
                     raise NotImplementedError("shard: Attention with spatial or cross norm is not supported")
                 hooks += [module.to_k.register_forward_hook(_gather_tokens_hook(comm)),
                           module.to_v.register_forward_hook(_gather_tokens_hook(comm))]
+            elif name == "FusedGroupNormSiLU":
+                raise NotImplementedError("shard: the fused_norm lever of a GroupNorm decoder would normalise by "
+                                          "this rank's statistics alone; use levers=('causal_conv',) or none")
             elif name not in _LOCAL:
                 raise NotImplementedError(f"shard: no rule for {name} in {type(vae).__name__}'s decoder; "
                                           "it may be spatial, so sharding it could silently change the output")
@@ -249,7 +270,8 @@ def sharded(vae, comm: ShardComm, attention: str = "local_queries"):
 # ------------------------------------------------------------------------------------ strategy
 
 
-def decode_shard(ctx, z: torch.Tensor, *, grid=None, output: str = "rank0", attention: str = "local_queries"):
+def decode_shard(ctx, z: torch.Tensor, *, grid=None, output: str = "rank0", attention: str = "local_queries",
+                 levers: tuple = ()):
     """Exact spatial sharding over the ranks of `ctx.comm`; `output`: rank0, all or sharded.
 
     rank0 gathers the image to rank 0 (the others get None), all gathers it to every rank, sharded
@@ -259,9 +281,14 @@ def decode_shard(ctx, z: torch.Tensor, *, grid=None, output: str = "rank0", atte
     the attention work and matches `full` to ~1e-6; all_queries computes the whole attention on every rank
     and matches `full` bit for bit in float32 on the CPU (row bands). The default stays local_queries:
     all_queries costs +49% at qwen-image 2048x2048 and +2% at wan2.1 720x1280x81 on 4 H200s.
+
+    `levers`: SHARD_LEVERS to speed up each rank's decode (see the module's docstring).
     """
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    bad = [lever for lever in levers if lever not in SHARD_LEVERS]
+    if bad:
+        raise ValueError(f"shard: lever(s) {', '.join(map(repr, bad))} not accepted; accepted: {', '.join(SHARD_LEVERS)}")
     fd = ctx.fd
     z5 = fd.as_5d(z)
     try:
@@ -271,13 +298,15 @@ def decode_shard(ctx, z: torch.Tensor, *, grid=None, output: str = "rank0", atte
                         "or with fewer ranks") from None
     comm = ShardComm(plan, ctx.comm)
     mine = comm.shard
-    with ctx.measure.phase("decode"), sharded(fd.vae, comm, attention):
+    fused = ("fused_norm",) if "fused_norm" in levers else ()
+    with ctx.measure.phase("decode"), optimized(fd.vae, fused), sharded(fd.vae, comm, attention, "causal_conv" in levers):
         local = z5[:, :, :, mine.rows.slice(), mine.cols.slice()]
         x = fd.prepare(local)
         y = fd.finish(fd.decode(x, fd.new_cache(), first=True))
     with ctx.measure.phase("gather"):
         out = _assemble(y, plan, fd, ctx, output)
-    return out, plan, {"grid": list(plan.grid), "output": output, "attention": attention}
+    return out, plan, {"grid": list(plan.grid), "output": output, "attention": attention,
+                       **({"levers": list(levers)} if levers else {})}
 
 
 def _assemble(y: torch.Tensor, plan: ShardPlan, fd, ctx, output: str):
