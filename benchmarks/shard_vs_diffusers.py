@@ -85,10 +85,11 @@ def diffusers_part(ctx, job: DecodeJob, repeats: int, row: dict) -> torch.Tensor
     return ref
 
 
-def shard_part(ctx, job: DecodeJob, repeats: int, row: dict, ref: torch.Tensor | None) -> None:
-    """shard on every rank, timed as `workbench bench` times it; rank 0 fills `row`."""
+def shard_part(ctx, job: DecodeJob, repeats: int, row: dict, ref: torch.Tensor | None, levers: tuple = ()) -> None:
+    """shard on every rank (with `levers` inside each rank), timed as `workbench bench` times it; rank 0 fills `row`."""
+    params = {"levers": levers} if levers else {}
     try:
-        comparison = compare_on_ranks(ctx, job, ["shard"], reference=False, repeats=repeats, warmup=1)
+        comparison = compare_on_ranks(ctx, job, ["shard"], params, reference=False, repeats=repeats, warmup=1)
     except (MemoryGuardError, RankFailure) as e:
         # Only a failure every rank shares (the memory guard, a plan the size cannot take) leaves no rank
         # inside a data collective; after any other, end the launch (torchrun stops the waiting ranks).
@@ -134,8 +135,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--tiny", action="store_true", help="the presets' tiny configs (a CPU smoke run)")
+    p.add_argument("--levers", default="", help="shard's speed levers inside each rank, comma-separated "
+                   "(workbench.parallel.vae.SHARD_LEVERS: causal_conv, fused_norm); none by default")
     p.add_argument("--out", required=True, help="JSON file (rank 0 writes it)")
     args = p.parse_args(argv)
+    levers = tuple(lever for lever in args.levers.split(",") if lever)
     jobs = []
     for item in args.configs.split(","):
         model, _, size = item.partition(":")
@@ -153,11 +157,12 @@ def main(argv=None) -> int:
 
     try:
         for job in jobs:
-            row = {"model": job.model, "size": list(job.size), "dtype": job.dtype, "psnr_fp32_db": {}}
+            row = {"model": job.model, "size": list(job.size), "dtype": job.dtype, "psnr_fp32_db": {},
+                   "shard_levers": list(levers)}
             rows.append(row)
             ref = diffusers_part(ctx, job, args.repeats, row)
             save()
-            shard_part(ctx, job, args.repeats, row, ref)
+            shard_part(ctx, job, args.repeats, row, ref, levers)
             save()
             if ctx.is_main:
                 print(summary(row), flush=True)
