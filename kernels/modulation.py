@@ -107,12 +107,12 @@ def _interpreted() -> bool:
     return ours
 
 
-def _num_warps(block_d: int, has_index: bool) -> int:
-    """Warps per program. Tuned on an H200 at hidden 3072 (data/bench/modulation_h200_kernels*.json): 4 for
-    the variants without the set choice (79-93% of copy bandwidth against 70-86% with 8), 8 with it."""
-    if block_d <= 4096 and not has_index:
-        return 4
-    return 4 if block_d < 2048 else 8 if block_d < 8192 else 16 if block_d < 32768 else 32
+def _num_warps(block_d: int) -> int:
+    """Warps per program. Tuned on an H200 at hidden 3072 (the num_warps sweep of
+    data/bench/modulation_h200_kernels.json): 4 is the fastest of 2/4/8/16 for every variant at 4096 and 16384
+    tokens, the set choice (select01) included: 25.98 vs 29.73 us with 8 at 4096 tokens, 90.62 vs 100.86 us at
+    16384. Wider rows need more warps."""
+    return 4 if block_d <= 4096 else 8 if block_d < 8192 else 16 if block_d < 32768 else 32
 
 
 def _launch(x, weight, bias, scale0, shift0, eps, *, gate0=None, scale1=None, shift1=None, gate1=None, index=None,
@@ -151,7 +151,7 @@ def _launch(x, weight, bias, scale0, shift0, eps, *, gate0=None, scale1=None, sh
             *strides(index, 2),
             tokens, hidden, float(eps),
             HAS_RESIDUAL=has_residual, HAS_INDEX=has_index, HAS_WEIGHT=weight is not None,
-            HAS_BIAS=bias is not None, BLOCK_D=block_d, num_warps=num_warps or _num_warps(block_d, has_index),
+            HAS_BIAS=bias is not None, BLOCK_D=block_d, num_warps=num_warps or _num_warps(block_d),
         )
     return y, residual_out, gate
 
