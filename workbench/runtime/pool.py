@@ -103,12 +103,13 @@ class WorkerPool:
         self._procs = [
             ctx.Process(target=worker_main, daemon=True, name=f"workbench-rank{r}",
                         args=(r, self.world_size, init_method, self.device, self.threads, self.timeout_s,
-                              os.getpid(), self._commands[r], self._results))
+                              os.getpid(), self._commands[r], self._results, os.path.join(tmpdir, f"stack_{r}.txt")))
             for r in range(self.world_size)
         ]
         for p in self._procs:
             p.start()
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._commands, tmpdir)
+        self._tmpdir = tmpdir
         self.starts += 1
         ready = self._collect(-1, self.start_timeout_s, what="start-up")
         self.devices = [ready[r] for r in range(self.world_size)]
@@ -178,7 +179,9 @@ class WorkerPool:
                     replies[rank] = value
         except BaseException as e:
             if isinstance(e, KeyboardInterrupt) or "no reply" in str(e):
-                self._dump_stacks()
+                where = self._stacks()
+                e.add_note(where)  # under the traceback (Python and IPython >= 8.15 show notes)
+                os.write(2, f"{type(e).__name__} {e}\n{where}\n".encode())  # and on fd 2, which logs keep
             self.close()  # ranks may be stuck in a collective: restart on the next call
             raise
         if errors:
@@ -187,14 +190,20 @@ class WorkerPool:
             raise RankError(*min(errors.items()))  # gloo: every rank answered, so the pool is fine
         return replies
 
-    def _dump_stacks(self) -> None:
-        """Every live worker writes its threads' stacks to the process's stderr (file descriptor 2, which a
-        notebook kernel does not redirect; SIGUSR1, see worker_main): where each waits."""
+    def _stacks(self) -> str:
+        """Where every live worker is: each writes its threads' stacks to its file when sent SIGUSR1 (worker_main)."""
+        parts = []
         for rank, p in enumerate(self._procs):
-            if p.is_alive():
-                os.write(2, f"--- worker rank {rank} (pid {p.pid}) ---\n".encode())  # fd 2, where the dump goes
-                os.kill(p.pid, signal.SIGUSR1)
-                time.sleep(0.5)  # one at a time, and before close() stops them
+            path = os.path.join(self._tmpdir, f"stack_{rank}.txt")
+            if not p.is_alive() or not os.path.exists(path):
+                continue
+            start = os.path.getsize(path)
+            os.kill(p.pid, signal.SIGUSR1)
+            time.sleep(0.5)  # faulthandler writes from the signal handler, at once
+            with open(path) as f:
+                f.seek(start)
+                parts.append(f"--- worker rank {rank} (pid {p.pid}) ---\n{f.read().strip()}")
+        return "where the workers were:\n" + "\n".join(parts) if parts else "no live worker to ask where it was"
 
     def __repr__(self) -> str:
         state = "running" if self.alive else "stopped"

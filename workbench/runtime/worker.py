@@ -44,10 +44,11 @@ def _to_cpu(value):
 
 
 def worker_main(rank: int, world_size: int, init_method: str, device_kind: str, threads: int, timeout_s: float,
-                parent_pid: int, commands, results) -> None:
+                parent_pid: int, commands, results, stack_path: str | None = None) -> None:
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a notebook interrupt is the parent's to handle
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the parent asks where a stuck worker is
+    if stack_path:  # the parent asks where a stuck worker is (SIGUSR1) and reads the answer from this file
+        faulthandler.register(signal.SIGUSR1, file=open(stack_path, "w"), all_threads=True)  # noqa: SIM115 (open for life)
     import torch
 
     torch.set_num_threads(threads)
