@@ -14,7 +14,8 @@ tokens, 512 text tokens). A step here is one transformer forward, which is a den
 (true CFG runs two, or one per rank group with CFG parallel); the scheduler update is negligible.
 
 Variants: eager and torch.compile (each block's forward, default mode, no CUDA graphs), each without and
-with the fused modulation ops (Qwen-Image only; recorded as unavailable where workbench.ops is missing).
+with the fused modulation ops (Qwen-Image only; recorded as unavailable where workbench.ops is missing), and
+`graphs`: each block compiled with mode="reduce-overhead" (CUDA graphs), for the launch-bound SP=4 step.
 Timing: CUDA events around each forward after warm-up, a barrier before each; a step's time is the
 slowest rank's; the table gives the median over steps. Also recorded: per-rank peak allocated memory,
 the compile time (first compiled call), errors (a failing variant is recorded, the others still run).
@@ -54,7 +55,8 @@ from workbench.runtime import init_spmd  # noqa: E402
 SIZES = {"qwen-image": (1024, 1024, 1), "wan2.1": (480, 832, 81)}
 SMOKE_SIZES = {"qwen-image": (128, 128, 1), "wan2.1": (64, 64, 5)}
 TEXT_TOKENS = {"qwen-image": 256, "wan2.1": 512}
-VARIANTS = ("eager", "compile", "eager+fused", "compile+fused")
+VARIANTS = ("eager", "compile", "eager+fused", "compile+fused", "graphs")  # graphs: compile mode reduce-overhead
+COMPILE = {"eager": False, "compile": True, "graphs": "reduce-overhead"}
 eager_outputs: dict = {}  # model -> the eager variant's output, the reference of the other variants
 
 
@@ -124,12 +126,13 @@ def _gather(value, ctx) -> list:
 
 
 def run_variant(model, name, variant, inputs, ctx, args, size) -> dict:
-    compiled, fused = variant.startswith("compile"), variant.endswith("fused")
+    compile_as, fused = COMPILE[variant.split("+")[0]], variant.endswith("fused")
+    compiled = bool(compile_as)
     row = dict(model=name, variant=variant, world=ctx.world_size, sp=ctx.world_size, attention=args.attention,
                compile=compiled, fused=fused)
     try:
         notes = parallelize_dit(model, group=None, attention=args.attention, fused="always" if fused else False,
-                                compile=compiled)  # "always": measured also where the pipeline would decline
+                                compile=compile_as)  # "always": measured also where the pipeline would decline
         row["notes"] = notes
         if fused and not any(n.startswith("fused ops: workbench.ops") for n in notes):
             row["error"] = "; ".join(notes) or "no fused path"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13 on a 4-GPU machine in one 10-minute call: the DiT step at SP=4 (qwen-image 1024x1024, wan2.1
-# 480x832x81; eager and compiled, with and without the fused modulation ops, each profiled once), then
-# qwen-image 2048x2048 compiled at SP=4 and at SP=1. The committed JSON is copied into the output folder
+# 480x832x81; eager and compiled, with and without the fused modulation ops, each profiled once, and compiled
+# with CUDA graphs), then qwen-image 2048x2048 at SP=4 and at SP=1, then CUDA graphs at SP=1 for the default sizes. The committed JSON is copied into the output folder
 # first, so rows this call does not measure again (SP=1 at the default sizes) are kept.
 # Every benchmark writes its JSON after each row, so a step stopped at its limit keeps what it measured;
 # logs go to /tmp (only JSON and profiles belong in the output folder).
@@ -18,5 +18,6 @@ sp() {  # sp LIMIT_S GPUS N PORT ARGS...
   grep -v "^W1" "/tmp/log_sp$n.txt" | tail -12
 }
 sp 260 0,1,2,3 4 29601 --profile eager,compile,eager+fused,compile+fused
-sp 120 0,1,2,3 4 29602 --models qwen-image --sizes qwen-image=2048x2048 --variants eager,compile
-sp 150 0 1 29603 --models qwen-image --sizes qwen-image=2048x2048 --variants eager,compile
+sp 150 0,1,2,3 4 29602 --models qwen-image --sizes qwen-image=2048x2048 --variants eager,compile,graphs
+sp 150 0 1 29603 --models qwen-image --sizes qwen-image=2048x2048 --variants eager,compile,graphs
+sp 120 0 1 29604 --variants graphs

@@ -134,22 +134,17 @@ def beyond_memory() -> list:
 def dit() -> list:
     sp1, sp4 = load("pipeline_nvidia-h200_sp1.json"), load("pipeline_nvidia-h200_sp4.json")
 
-    def row(doc, model, size, compiled, fused):
+    def step(doc, model, size, variant):
         for r in doc["rows"]:
-            if (r["model"], tuple(r["size"][:2]), r["compile"], r["fused"]) == (model, size, compiled, fused) \
-                    and "step_s" in r:
-                return r
+            if (r["model"], tuple(r["size"][:2]), r["variant"]) == (model, size, variant) and "step_s" in r:
+                return r["step_s"]
         return None
-
-    def step(doc, model, size, compiled, fused):
-        r = row(doc, model, size, compiled, fused)
-        return r and r["step_s"]
 
     rows = []
     for model, size, cfg in (("qwen-image", (1024, 1024), "qwen-image_1024x1024"),
                              ("qwen-image", (2048, 2048), "qwen-image_2048x2048"),
                              ("wan2.1", (480, 832), "wan2.1_480x832x81")):
-        one, four = step(sp1, model, size, True, False), step(sp4, model, size, True, False)
+        one, four = step(sp1, model, size, "compile"), step(sp4, model, size, "compile")
         value = four / one if one and four else None
         when = ("both in the launches of 2026-11-22" if size == (2048, 2048) else
                 "SP=4 measured 2026-11-22 (after the text tokens were sharded), SP=1 on 2026-11-21 (SP=1 has no "
@@ -158,7 +153,7 @@ def dit() -> list:
                 else "not measured")
         rows.append(entry(f"dit.{cfg}.sp4_step_ratio", "compiled denoising step at SP=4 over compiled SP=1", value,
                           0.3, "lower", "pipeline_nvidia-h200_sp4.json" if value else None, note))
-    fused, plain = step(sp4, "qwen-image", (1024, 1024), True, True), step(sp4, "qwen-image", (1024, 1024), True, False)
+    fused, plain = step(sp4, "qwen-image", (1024, 1024), "compile+fused"), step(sp4, "qwen-image", (1024, 1024), "compile")
     rows.append(entry("dit.qwen-image_1024x1024.sp4_fused_over_unfused", "compiled SP=4 step, fused modulation ops "
                       "over diffusers' unfused", fused / plain if fused and plain else None, 1.0, "lower",
                       "pipeline_nvidia-h200_sp4.json", f"{fused:.4f} s / {plain:.4f} s in one launch (2026-11-22); the "

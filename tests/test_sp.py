@@ -208,3 +208,20 @@ def test_unknown_model_and_method_are_refused():
         parallelize_dit(torch.nn.Linear(2, 2), group=None)
     with pytest.raises(ValueError, match="accepted: ulysses, ring"):
         parallelize_dit(torch.nn.Linear(2, 2), group=None, attention="tree")
+    with pytest.raises(ValueError, match=r"compile must be True, False or a torch.compile mode \(default, reduce-overhead"):
+        parallelize_dit(build_transformer(get_spec("wan2.1"), tiny=True), compile="fast")
+
+
+@pytest.mark.slow
+def test_blocks_compiled_in_a_named_mode_match_eager():
+    """compile="reduce-overhead" (CUDA graphs on a GPU; on the CPU inductor alone) computes what eager does.
+    Tolerance 1e-4 of the output's scale: float32, inductor fuses the blocks' pointwise ops (own summation order)."""
+    model = build_transformer(get_spec("qwen-image"), tiny=True, device=DEVICE)
+    inputs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in _inputs("qwen-image").items()}
+    with torch.inference_mode():
+        eager = model(**inputs)[0]
+        parallelize_dit(model, compile="reduce-overhead")
+        compiled = [model(**inputs)[0].clone() for _ in range(3)]  # capture, then replays
+        unparallelize_dit(model)
+    for out in compiled:
+        torch.testing.assert_close(out, eager, rtol=0, atol=1e-4 * eager.abs().max().item())

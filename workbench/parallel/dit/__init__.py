@@ -18,9 +18,10 @@ from .sequence import _plan as plan_for
 
 __all__ = ["parallelize_dit", "unparallelize_dit", "sequence_parallel", "undo_sequence_parallel", "is_parallelized",
            "ATTENTION_METHODS", "SeqShard", "ulysses_attention", "ring_attention", "attention_lse", "merge_lse",
-           "set_fused", "compile_blocks", "uncompile_blocks", "FUSED_CHOICES"]
+           "set_fused", "compile_blocks", "uncompile_blocks", "FUSED_CHOICES", "COMPILE_MODES"]
 
 FUSED_CHOICES = (False, True, "always")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 # Why fused=True declines at SP > 1: there the step is bound by the host launching kernels, not by the GPU
 # (Qwen-Image 1024x1024, SP=4, 4 H200s, 2026-11-22: 48 ms of GPU time in a 134 ms compiled step,
 # data/bench/profiles/pipeline_qwen-image_1024x1024_sp4_compile_fused.txt), and each fused op is a Triton
@@ -49,22 +50,26 @@ def set_fused(model, fused: bool) -> list[str]:
 
 
 def parallelize_dit(model, *, group=None, attention: str = "ulysses", fused: bool | str = False,
-                    compile: bool = False) -> list[str]:
+                    compile: bool | str = False) -> list[str]:
     """Fused ops, then sequence parallelism over `group`, then compiled blocks, from a clean start (whatever
     was applied before is undone first). In place; returns notes on what was done. Collective when
     `group` has several ranks. `fused`: False, True (where they pay: declined at SP > 1, with a note), or
-    "always"."""
+    "always". `compile`: False, True (torch.compile's default mode) or a mode name, e.g. "reduce-overhead"
+    (CUDA graphs: what a launch-bound step at SP > 1 needs)."""
     if attention not in ATTENTION_METHODS:
         raise ValueError(f"unknown attention {attention!r}; accepted: {', '.join(ATTENTION_METHODS)}")
     if fused not in FUSED_CHOICES:
         raise ValueError(f"fused must be one of {', '.join(map(repr, FUSED_CHOICES))}, got {fused!r}")
+    if not isinstance(compile, bool) and compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be True, False or a torch.compile mode ({', '.join(COMPILE_MODES)}), "
+                         f"got {compile!r}")
     plan_for(model)  # a TypeError naming the supported models, before anything changes
     unparallelize_dit(model)
     declined = fused != "always" and fused and group_size(group) > 1 and type(model).__name__ == "QwenImageTransformer2DModel"
     notes = [DECLINED_AT_SP] if declined else set_fused(model, bool(fused))
     sequence_parallel(model, group=group, attention=attention)
     if compile:
-        compile_blocks(model)
+        compile_blocks(model, mode=None if compile is True else compile)
     return notes
 
 
@@ -80,11 +85,11 @@ def _blocks(model):
     return getattr(model, "transformer_blocks", None) or getattr(model, "blocks")
 
 
-def compile_blocks(model) -> None:
+def compile_blocks(model, mode: str | None = None) -> None:
     """torch.compile each transformer block's forward (hooks, and so the sequence sharding, stay eager)."""
     for block in _blocks(model):
         if "forward" not in block.__dict__:
-            block.forward = torch.compile(block.forward, dynamic=False)
+            block.forward = torch.compile(block.forward, dynamic=False, mode=mode)
 
 
 def uncompile_blocks(model) -> None:
