@@ -210,21 +210,22 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
 
 
 def _levers(levers, modes, preset) -> tuple | None:
-    """--levers: known speed levers, for modes that take them (full and tiled all, shard SHARD_LEVERS)."""
+    """--levers: known speed levers, for modes that take them (parallel.vae.MODE_LEVERS)."""
     if not levers:
         return None
-    from .parallel.vae import LEVERS, SHARD_LEVERS
+    from .parallel.vae import LEVERS, MODE_LEVERS
 
     levers = tuple(levers)
     bad = [lever for lever in levers if lever not in LEVERS]
     if bad:
         raise BadInput(f"--levers: unknown lever {', '.join(bad)}; accepted: {', '.join(LEVERS)}")
-    if not {"full", "tiled", "shard"} & set(modes):
+    if not set(MODE_LEVERS) & set(modes):
         raise BadInput("--levers applies to full, tiled and shard; add one of them to --mode")
+    for mode in [m for m in modes if m in MODE_LEVERS]:
+        refused = [lever for lever in levers if lever not in MODE_LEVERS[mode]]
+        if refused:
+            raise BadInput(f"--levers {','.join(refused)}: {mode} takes {', '.join(MODE_LEVERS[mode])}")
     if "shard" in modes:
-        not_shard = [lever for lever in levers if lever not in SHARD_LEVERS]
-        if not_shard:
-            raise BadInput(f"--levers {','.join(not_shard)}: shard takes {', '.join(SHARD_LEVERS)}")
         if "fused_norm" in levers and preset.vae_class == "AutoencoderKL":
             raise BadInput(f"--levers fused_norm: {preset.name}'s GroupNorm needs every rank's statistics under shard; "
                            "use causal_conv there")

@@ -67,17 +67,28 @@ def _channels_last(vae):
             w.data = w.data.contiguous()
 
 
+def takes_lone_frame_2d(conv) -> bool:
+    """A causal conv (conv._padding is diffusers' F.pad order: (w, w, h, h, 2*t, 0)) whose temporal padding is all
+    in front, stride and dilation 1 in time: for a lone uncached frame only its last temporal tap meets data."""
+    return conv._padding[4] == conv.kernel_size[0] - 1 and conv.stride[0] == 1 and conv.dilation[0] == 1
+
+
+def last_tap_conv2d(conv, x, padding):
+    """A lone frame x (B, C, h, w) through `conv`'s last temporal tap -> (B, C_out, 1, h', w'): the causal conv of
+    that frame, up to summation order (the other taps multiply exact zeros)."""
+    y = F.conv2d(x, conv.weight[:, :, -1], conv.bias, conv.stride[1:], padding, conv.dilation[1:], conv.groups)
+    return y.unsqueeze(2)
+
+
 def _causal_forward(conv):
     """WanCausalConv3d.forward with H/W padding done by the convolution and a lone uncached frame as a 2-D
-    convolution (conv._padding is diffusers' F.pad order: (w, w, h, h, 2*t, 0))."""
+    convolution."""
     pad_w, pad_h, pad_t = conv._padding[0], conv._padding[2], conv._padding[4]
-    lone_frame_2d = pad_t == conv.kernel_size[0] - 1 and conv.stride[0] == 1 and conv.dilation[0] == 1
+    lone_frame_2d = takes_lone_frame_2d(conv)
 
     def forward(x, cache_x=None):
         if lone_frame_2d and cache_x is None and x.shape[2] == 1:  # (B, C, 1, H, W): zeros on all but the last tap
-            y = F.conv2d(x[:, :, 0], conv.weight[:, :, -1], conv.bias, conv.stride[1:], (pad_h, pad_w),
-                         conv.dilation[1:], conv.groups)
-            return y.unsqueeze(2)  # (B, C_out, 1, H, W)
+            return last_tap_conv2d(conv, x[:, :, 0], (pad_h, pad_w))
         t = pad_t
         if cache_x is not None and t > 0:
             x = torch.cat([cache_x.to(x.device), x], dim=2)

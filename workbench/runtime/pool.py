@@ -103,7 +103,7 @@ class WorkerPool:
         self._procs = [
             ctx.Process(target=worker_main, daemon=True, name=f"workbench-rank{r}",
                         args=(r, self.world_size, init_method, self.device, self.threads, self.timeout_s,
-                              os.getpid(), self._commands[r], self._results, os.path.join(tmpdir, f"stack_{r}.txt")))
+                              os.getpid(), self._commands[r], self._results, self._stack_path(tmpdir, r)))
             for r in range(self.world_size)
         ]
         for p in self._procs:
@@ -154,6 +154,7 @@ class WorkerPool:
         """
         replies: dict = {}
         errors: dict = {}
+        stuck = False  # no reply by the deadline: the workers are asked where they are
         deadline = time.monotonic() + timeout_s
         try:
             while len(replies) + len(errors) < self.world_size:
@@ -168,6 +169,7 @@ class WorkerPool:
                         if errors:
                             raise RankError(*min(errors.items()))
                         missing = sorted(set(range(self.world_size)) - set(replies))
+                        stuck = True
                         raise ClusterError(f"{what}: no reply from rank(s) {missing} within {timeout_s:.0f} s")
                     continue
                 if cid != call_id:
@@ -178,7 +180,7 @@ class WorkerPool:
                 else:
                     replies[rank] = value
         except BaseException as e:
-            if isinstance(e, KeyboardInterrupt) or "no reply" in str(e):
+            if stuck or isinstance(e, KeyboardInterrupt):
                 where = self._stacks()
                 e.add_note(where)  # under the traceback (Python and IPython >= 8.15 show notes)
                 os.write(2, f"{type(e).__name__} {e}\n{where}\n".encode())  # and on fd 2, which logs keep
@@ -190,11 +192,15 @@ class WorkerPool:
             raise RankError(*min(errors.items()))  # gloo: every rank answered, so the pool is fine
         return replies
 
+    @staticmethod
+    def _stack_path(tmpdir: str, rank: int) -> str:
+        return os.path.join(tmpdir, f"stack_{rank}.txt")
+
     def _stacks(self) -> str:
         """Where every live worker is: each writes its threads' stacks to its file when sent SIGUSR1 (worker_main)."""
         parts = []
         for rank, p in enumerate(self._procs):
-            path = os.path.join(self._tmpdir, f"stack_{rank}.txt")
+            path = self._stack_path(self._tmpdir, rank)
             if not p.is_alive() or not os.path.exists(path):
                 continue
             start = os.path.getsize(path)

@@ -39,13 +39,12 @@ class DecodeContext:
 
 
 from . import (  # noqa: E402
-    LEVERS,
     MERGES,
+    MODE_LEVERS,
     PARALLEL,
     PATCH_OUTPUTS,
     SERIAL,
     SHARD_ATTENTIONS,
-    SHARD_LEVERS,
     SHARD_OUTPUTS,
     STRATEGIES,
 )
@@ -56,7 +55,6 @@ CHOICES = {
     "patch": {"output": PATCH_OUTPUTS},
     "shard": {"output": SHARD_OUTPUTS, "attention": SHARD_ATTENTIONS},
 }
-MODE_LEVERS = {"full": LEVERS, "tiled": LEVERS, "shard": SHARD_LEVERS}  # the `levers` each mode takes
 
 
 def strategy(mode: str):
