@@ -4,15 +4,11 @@
 #   bash benchmarks/gpu_ci.sh 4    four GPUs: the same suite, multi-rank tests on NCCL
 # PYTEST_WORKERS=N runs the test files in N pytest-xdist processes (--dist loadfile: a file's tests stay
 # together), so the 4-GPU suite fits one device call; pools keep their own file stores, so they do not meet.
-# Wheels missing on the GPU image (diffusers, papermill and the notebook kernel) are carried in .gpuwhl/.
 set -uo pipefail
 gpus=${1:-1}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-if [ -d .gpuwhl ] && [ ! -d /tmp/site/diffusers ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpuwhl/*.whl
-fi
-[ -d /tmp/site ] && export PYTHONPATH=/tmp/site:$PWD
-export PYTHONPATH=${PYTHONPATH:-$PWD} WORKBENCH_TEST_DEVICE=cuda MPLBACKEND=Agg PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
+export WORKBENCH_TEST_DEVICE=cuda
 python3 -m ipykernel install --user --name python3 >/dev/null 2>&1
 log="$out/gpu_tests_${gpus}gpu.log"
 xdist=${PYTEST_WORKERS:+-n $PYTEST_WORKERS --dist loadfile}

@@ -4,10 +4,7 @@
 # from data/bench/). Run through the device tool on nvidia-h200-x4.
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-if [ -d .gpuwhl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpuwhl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
 configs=qwen-image:1024x1024,qwen-image:2048x2048,qwen-image-edit:1024x1024,qwen-image-edit:1536x1536
 configs=$configs,glm-image:1024x1024,glm-image:2048x2048,wan2.1:480x832x17,wan2.1:720x1280x17
 configs=$configs,wan2.2-a14b:480x832x17,wan2.2-a14b:720x1280x17,wan2.2-ti2v-5b:480x832x17,wan2.2-ti2v-5b:704x1280x21

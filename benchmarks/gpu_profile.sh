@@ -6,10 +6,7 @@
 #   bash benchmarks/gpu_profile.sh videos    wan2.1 720x1280x81 and wan2.2-ti2v-5b 704x1280x121
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-if [ -d .gpuwhl ] && [ ! -d /tmp/site/diffusers ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpuwhl/*.whl
-fi
-export PYTHONPATH=/tmp/site:$PWD MPLBACKEND=Agg PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
 gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
 best=causal_conv+fused_norm
 tiled="diffusers_tiled,tiled,tiled:$best"

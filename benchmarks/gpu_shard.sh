@@ -4,11 +4,7 @@
 #   bash benchmarks/gpu_shard.sh          JSON to ${OUT:-data/bench}
 set -u
 out=${OUT:-data/bench}; mkdir -p "$out"
-if [ -d .gpuwhl ] && [ ! -d /tmp/site/diffusers ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpuwhl/*.whl
-fi
-[ -d /tmp/site ] && export PYTHONPATH=/tmp/site:$PWD
-export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh
 images=qwen-image:2048x2048,glm-image:2048x2048  # glm-image has no causal convs and a GroupNorm: no levers under shard
 videos=wan2.1:720x1280x81,wan2.2-ti2v-5b:704x1280x121
 run() {  # run LIMIT_S PORT NAME ARGS...

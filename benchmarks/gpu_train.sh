@@ -2,14 +2,11 @@
 # Train tiny VAE families in the background, each on the GPU named beside it, through the device tool:
 #   source benchmarks/gpu_train.sh SECONDS wan:0 wan22:1 glm:2; wait; tar czf $OUT/weights.tgz -C $OUT weights
 # Weights, cards, pictures and logs land in $OUT/weights (the tool brings back at most 8 files: tar them).
-# diffusers comes from .gpuwhl/ (see gpu_ci.sh).
 seconds=${1:-480}; shift
 wout=${OUT:-/tmp/out}/weights; mkdir -p "$wout"
-if [ -d .gpuwhl ] && [ ! -d /tmp/site/diffusers ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpuwhl/*.whl
-fi
+source benchmarks/gpu_env.sh
 for pair in "$@"; do
-  PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=${pair#*:} \
+  CUDA_VISIBLE_DEVICES=${pair#*:} \
     python3 -m workbench.models.train --family ${pair%%:*} --seconds "$seconds" --out "$wout" \
     > "$wout/${pair%%:*}.log" 2>&1 &
 done

@@ -1,6 +1,7 @@
 """Every notebook runs headless under papermill with tiny presets; sources are committed clean."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -28,13 +29,18 @@ def run(name, tmp_path, cell_timeout_s=CELL_TIMEOUT_S, **parameters):
     import papermill
 
     out = tmp_path / name
+    progress = tmp_path / "progress.log"  # the panel's phases, timestamped (the kernel inherits the variable)
+    os.environ["WORKBENCH_PROGRESS_LOG"] = str(progress)
     try:
         papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters, kernel_name="python3",
                                    progress_bar=False, cwd=str(tmp_path), execution_timeout=cell_timeout_s,
                                    interrupt_on_timeout=True)
     except papermill.PapermillExecutionError as e:  # the kernel's own traceback, not papermill's
-        pytest.fail(f"{name}: cell {e.exec_count}: {e.ename}: {e.evalue}\n" + "\n".join(e.traceback)[-6000:],
-                    pytrace=False)
+        phases = progress.read_text() if progress.exists() else "(no phase logged)\n"
+        pytest.fail(f"{name}: cell {e.exec_count}: {e.ename}: {e.evalue}\nthe panel's phases:\n{phases}"
+                    + "\n".join(e.traceback)[-6000:], pytrace=False)
+    finally:
+        os.environ.pop("WORKBENCH_PROGRESS_LOG", None)
     nb = nbformat.read(out, as_version=4)
     outputs = notebook_outputs(nb)  # the cells' and the panel's Output widgets'
     assert not [o for o in outputs if o["output_type"] == "error"]

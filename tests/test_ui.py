@@ -44,9 +44,11 @@ def test_failure_is_one_line_with_details_and_a_red_bar(monkeypatch):
     assert e.status.details.selected_index is None and e.status.details.layout.display == ""
 
 
-def test_explorer_runs_and_memory_is_never_negative():
+def test_explorer_runs_and_memory_is_never_negative(tmp_path, monkeypatch):
     from workbench.report import peak_bytes
     from workbench.ui import DecodeExplorer
+
+    monkeypatch.setenv("WORKBENCH_PROGRESS_LOG", str(tmp_path / "progress.log"))
 
     e = DecodeExplorer(model="wan2.1", size="64x64x5", modes="full,tiled", tile_px=32, stride_px=24)
     c = e.run(raise_errors=True)
@@ -55,6 +57,9 @@ def test_explorer_runs_and_memory_is_never_negative():
     assert "done in" in e.status.line.value and e.status.bar.bar_style == "success"
     assert e.frame.max == 4 and e.frame.layout.display == ""
     assert "seam/int: mean |error| within a band" in c.table()
+    log = (tmp_path / "progress.log").read_text().splitlines()  # what a headless run leaves to read
+    assert any(": full (1/2)" in line for line in log) and any(": tiled (2/2)" in line for line in log)
+    assert log[-1].endswith(": done"), log
 
 
 def test_generation_labels(monkeypatch):

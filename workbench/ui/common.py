@@ -9,6 +9,7 @@ widgets are ipywidgets objects whatever shows them), which is how the tests driv
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 import traceback
@@ -163,7 +164,8 @@ class Status:
     """The progress bar and one status line: 'run 3 · starting 2 workers · 4 s', ticking once a second.
 
     `phase(text)` starts a phase; `done()` turns the bar green; `fail(exc)` red, with one line here and the
-    traceback in the collapsed `details` box."""
+    traceback in the collapsed `details` box. A headless run (papermill) shows no widget: with
+    WORKBENCH_PROGRESS_LOG=<file> set, every phase and the outcome are appended to that file, timestamped."""
 
     def __init__(self):
         import ipywidgets as w
@@ -197,7 +199,14 @@ class Status:
         if step and self._text != "idle" and self.bar.value < self.bar.max:
             self.bar.value += 1
         self._text, self._p0 = text, time.perf_counter()
+        self._log(text)
         self._render()
+
+    def _log(self, text: str) -> None:
+        path = os.environ.get("WORKBENCH_PROGRESS_LOG")
+        if path:
+            with open(path, "a") as f:
+                f.write(f"{time.strftime('%H:%M:%S')} run {self.runs} +{time.perf_counter() - self._t0:.1f} s: {text}\n")
 
     def _render(self, final: str | None = None) -> None:
         import html
@@ -223,6 +232,7 @@ class Status:
     def done(self, what: str = "done") -> None:
         elapsed = self._finish()
         self.bar.value, self.bar.bar_style = self.bar.max, "success"
+        self._log(what)
         self._render(f"{what} in {elapsed:.1f} s")
 
     def invalid(self, n: int) -> None:
@@ -237,6 +247,7 @@ class Status:
         elapsed = self._finish()
         self.bar.bar_style = "danger"
         first = (str(error).strip().splitlines() or [""])[0]
+        self._log(f"failed: {type(error).__name__}: {first}")
         what = html.escape(f"{type(error).__name__}: {first}"[:300])
         self.line.value = f"run {self.runs}: <span style='color:#c62828'>failed after {elapsed:.1f} s: {what}</span>"
         with self.trace:

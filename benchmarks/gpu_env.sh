@@ -1,0 +1,8 @@
+# Sourced by every benchmarks/gpu_*.sh: the wheels missing on the GPU image (diffusers, papermill, the
+# notebook kernel, py-spy), carried in .gpuwhl/, installed once per machine into /tmp/site; the paths.
+if [ -d .gpuwhl ] && [ ! -d /tmp/site/diffusers ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpuwhl/*.whl
+fi
+if [ -d /tmp/site ]; then export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH; else export PYTHONPATH=$PWD; fi
+export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+out=${out:-${OUT:-/tmp/out}}; mkdir -p "$out"  # a script may have chosen its own
