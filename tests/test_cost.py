@@ -20,11 +20,18 @@ LOW, HIGH = 0.7, 1.1  # measured / estimate
 
 
 def measured_rows():
+    """(file, row) per measured configuration; where several runs measured one, the newest (a re-measure after
+    a change to what a strategy holds replaces the old record)."""
+    newest = {}
     for path in RUNS:
-        for row in json.loads(path.read_text())["rows"]:
+        doc = json.loads(path.read_text())
+        for row in doc["rows"]:
             peaks = row.get("peak_allocated_bytes")
             if peaks and peaks[0] is not None and row["mode"] != "auto" and not row.get("tiny"):
-                yield path.name, row
+                config = (row["model"], tuple(row["size"]), row["mode"], row["world_size"], row["dtype"])
+                if config not in newest or doc["date"] > newest[config][0]:
+                    newest[config] = (doc["date"], path.name, row)
+    return [(name, row) for _, name, row in newest.values()]
 
 
 def _meta_vae(name: str, dtype: str):

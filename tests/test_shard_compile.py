@@ -26,7 +26,7 @@ def test_sharded_decoder_has_no_graph_breaks(model):
 
     def step(x):
         if fd.causal:
-            return vae.decoder(x, feat_cache=fd.new_cache(), feat_idx=[0])
+            return vae.decoder(x, feat_cache=fd.new_cache(x.shape[2]), feat_idx=[0])
         return vae.decoder(x[:, :, 0])
 
     with torch.no_grad(), sharded(vae, comm):

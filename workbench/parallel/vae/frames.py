@@ -21,7 +21,7 @@ class FrameDecoder:
 
         fd = FrameDecoder(vae)
         x = fd.prepare(fd.as_5d(z))             # post-quant conv, once for the whole latent
-        cache = fd.new_cache()
+        cache = fd.new_cache(x.shape[2])        # None for a lone frame: nothing would read it
         y = fd.decode(x[..., rows, cols], cache, first=True)  # pixels, unclamped
         out = fd.finish(y)                      # clamp and native layout, as vae.decode returns
     """
@@ -76,8 +76,13 @@ class FrameDecoder:
             return pqc(z)
         return pqc(z[:, :, 0]).unsqueeze(2)
 
-    def new_cache(self) -> list | None:
-        if not self.causal:
+    def new_cache(self, latent_frames: int, continued: bool = False) -> list | None:
+        """The causal frame cache for a decode of `latent_frames` frames, or None where nothing would read it:
+        a lone frame that no later window continues (every image). The cache keeps a copy of each causal
+        convolution's input frame until the decode returns; for a one-frame decode those copies are never read,
+        and they are most of its peak (qwen-image: each of the decoder's 3x3 convs' inputs, all at once).
+        Without it the decoder runs exactly as on its first frame: every cache slot is empty then."""
+        if not self.causal or (latent_frames == 1 and not continued):
             return None
         return [None] * self.vae._cached_conv_counts["decoder"]
 
@@ -103,7 +108,7 @@ class FrameDecoder:
         the `last`), so a tiled decode in windows gives the output of one pass.
         """
         for tile in tiles:
-            cache = caches.pop(tile.index, None) or self.new_cache()
+            cache = caches.pop(tile.index, None) or self.new_cache(window.latent.size, continued=not last)
             with measure.phase("decode"):
                 pixels = self.decode(x[:, :, window.latent.slice(), tile.rows.slice(), tile.cols.slice()], cache,
                                      window.first)

@@ -13,5 +13,5 @@ def decode_full(ctx, z: torch.Tensor, *, levers: tuple = ()):
     fd = ctx.fd
     with optimized(fd.vae, levers), ctx.measure.phase("decode"):
         x = fd.prepare(fd.as_5d(z))
-        out = fd.finish(fd.decode(x, fd.new_cache(), first=True))
+        out = fd.finish(fd.decode(x, fd.new_cache(x.shape[2]), first=True))
     return out, None, {}

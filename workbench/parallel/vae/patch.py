@@ -30,7 +30,7 @@ def decode_patch(ctx, z: torch.Tensor, *, halo_latent: int | None = None, tile_p
     mine = plan.items[ctx.comm.rank]
     with ctx.measure.phase("decode"):
         x = fd.prepare(z5[:, :, :, mine.halo_rows.slice(), mine.halo_cols.slice()])
-        decoded = fd.finish(fd.decode(x, fd.new_cache(), first=True))
+        decoded = fd.finish(fd.decode(x, fd.new_cache(x.shape[2]), first=True))
         rows, cols = mine.crop_px
         core = fd.as_5d(decoded)[..., rows, cols].contiguous()
     with ctx.measure.phase("gather"):

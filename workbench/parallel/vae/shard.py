@@ -295,7 +295,7 @@ def decode_shard(ctx, z: torch.Tensor, *, grid=None, output: str = "rank0", atte
     with ctx.measure.phase("decode"), optimized(fd.vae, fused), sharded(fd.vae, comm, attention, "causal_conv" in levers):
         local = z5[:, :, :, mine.rows.slice(), mine.cols.slice()]
         x = fd.prepare(local)
-        y = fd.finish(fd.decode(x, fd.new_cache(), first=True))
+        y = fd.finish(fd.decode(x, fd.new_cache(x.shape[2]), first=True))
     with ctx.measure.phase("gather"):
         out = _assemble(y, plan, fd, ctx, output)
     return out, plan, {"grid": list(plan.grid), "output": output, "attention": attention,
