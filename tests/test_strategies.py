@@ -269,18 +269,18 @@ class TestPatch:
 @pytest.mark.slow
 class TestAuto:
     def test_explains_its_choice(self, clusters):
-        # Estimated peaks of this tiny 256 x 256 decode: full ~47 MiB, shard over 2 ranks ~25 MiB per rank,
-        # 128 px tiles ~17 MiB. A 20 MiB budget therefore leaves only tiles.
+        # Estimated peaks of this tiny 256 x 256 decode: full ~26 MiB, shard over 2 ranks ~15 MiB per rank,
+        # 128 px tiles ~11-12 MiB. A 13 MiB budget therefore leaves only tiles.
         job = DecodeJob(weights="random", model="qwen-image", size=(256, 256, 1))
         full = run_local(job, "full").output
         roomy = clusters(2).decode(job, "auto", memory_budget_gib=64)
         assert roomy.choice == "shard" and "splits the whole decode exactly" in roomy.reason
         assert rel_error(roomy.output, full) <= SHARD_FP32_REL
-        tight = clusters(2).decode(job, "auto", memory_budget_gib=0.02)
+        tight = clusters(2).decode(job, "auto", memory_budget_gib=13 / 1024)
         assert tight.choice == "parallel_tiled" and "do not fit" in tight.reason and tight.params["tile_px"] < 256
         one = run_local(job, "auto", {"memory_budget_gib": 64})
         assert one.choice == "full" and torch.equal(one.output, full)
-        squeezed = run_local(job, "auto", {"memory_budget_gib": 0.02})
+        squeezed = run_local(job, "auto", {"memory_budget_gib": 13 / 1024})
         assert squeezed.choice == "tiled" and squeezed.params["tile_px"] < 256
         with pytest.raises(MemoryError, match="no strategy fits"):
             run_local(job, "auto", {"memory_budget_gib": 1e-6})
