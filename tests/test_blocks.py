@@ -42,7 +42,11 @@ def test_one_rank_writes_the_whole_as_one_block(tmp_path):
         full = runner.decode(job, "full").output
     assert len(paths) == 1
     whole = torch.from_numpy(np.load(assemble(tmp_path)))
-    assert torch.equal(whole, full.float() if full.dim() == 5 else full.float().unsqueeze(2)), "shard on one rank is full"
+    full = (full.float() if full.dim() == 5 else full.float().unsqueeze(2)).cpu()
+    if DEVICE == "cpu":
+        assert torch.equal(whole, full), "shard on one rank is full"
+    else:  # cuDNN may pick another algorithm for the halo conv's unpadded input: float32 summation order only
+        torch.testing.assert_close(whole, full, rtol=0, atol=2e-5 * full.abs().max().item())
 
 
 def test_missing_or_overlapping_blocks_are_refused_by_name(tmp_path):
