@@ -1,5 +1,8 @@
 """Shared fixtures: worker pools live for the whole session (each worker pays ~5 s to import diffusers)."""
 
+import os
+import time
+
 import pytest
 from helpers import DEVICE, ranks_available
 
@@ -22,3 +25,21 @@ def clusters():
     yield get
     for pool in pools.values():
         pool.close()
+
+
+def pytest_runtest_logreport(report):
+    """WORKBENCH_TEST_TRACE=FILE appends each test's outcome as it finishes, with its duration and, for a
+    failure, the traceback: a run cut by a time limit (the GPU device calls) still says why a test failed.
+    Written by the xdist controller alone (it sees every worker's reports)."""
+    path = os.environ.get("WORKBENCH_TEST_TRACE")
+    if path and not os.environ.get("PYTEST_XDIST_WORKER") and (report.when == "call" or report.outcome == "failed"):
+        with open(path, "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {report.outcome:7} {report.duration:7.1f}s {report.nodeid} ({report.when})\n")
+            if report.failed:
+                f.write(report.longreprtext + "\n\n")
+
+
+def pytest_runtest_logstart(nodeid, location):
+    if (path := os.environ.get("WORKBENCH_TEST_TRACE")) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        with open(path, "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} start   {nodeid}\n")

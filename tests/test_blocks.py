@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import DEVICE
+from helpers import DEVICE, ranks_available
 
 from workbench.blocks import assemble, read_manifest, write_block
 from workbench.runner import DecodeJob, LocalRunner
@@ -65,6 +65,8 @@ def test_missing_or_overlapping_blocks_are_refused_by_name(tmp_path):
 
 
 def test_cli_writes_blocks_and_assembles_them(tmp_path):
+    if not ranks_available(2):
+        pytest.skip("--world 2 on CUDA takes two GPUs")
     out = tmp_path / "blocks"
     base = [sys.executable, "-m", "workbench"]
     decode = base + ["decode", "--model", "wan2.1", "--tiny", "--weights", "random", "--size", "64x48x5",

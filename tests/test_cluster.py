@@ -51,6 +51,24 @@ def test_the_notebook_process_never_initialises_cuda():
     assert "cuda initialised: False" in proc.stdout, proc.stdout
 
 
+def test_a_one_rank_panel_never_initialises_cuda_in_the_notebook_process():
+    """Notebook 02's panel at SP degree 1 (its sweep's first point) on the test device: on a GPU its one rank
+    is a worker too (on an H100 the kernel held a CUDA context of 636 MiB before: data/ci/README.md)."""
+    code = textwrap.dedent(f"""
+        import torch
+        from workbench.ui import StrategyComparer
+        panel = StrategyComparer(model="qwen-image", size="64x64", modes="full,tiled,shard", sp=1, tile_px=32,
+                                 stride_px=24, weights="random", device={DEVICE!r})
+        comparison = panel.run(raise_errors=True)
+        panel.close()
+        assert {{r.output.device.type for r in comparison.results.values()}} == {{"cpu"}}
+        print("cuda initialised:", torch.cuda.is_initialized())
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cuda initialised: False" in proc.stdout, proc.stdout
+
+
 def test_a_failing_rank_is_raised_with_its_traceback(clusters):
     cluster = clusters(2)
     pids = cluster.pids

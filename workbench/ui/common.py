@@ -305,18 +305,19 @@ def on_ranks(runner, fn, *args) -> list:
 
 @dataclass
 class Pools:
-    """Runners by (world size, device), made on first use and kept (a Cluster for world > 1).
-
-    A run that fails closes its pool (`drop`), so no worker outlives a failure."""
+    """Runners by (world size, device), made on first use and kept: a Cluster, so that the notebook process
+    never initialises an accelerator (one rank on a GPU is one worker too), and this process only for one
+    rank on the CPU. A run that fails closes its pool (`drop`), so no worker outlives a failure."""
 
     pools: dict = field(default_factory=dict)
 
     def get(self, world: int, device: str, status: Status | None = None):
-        from ..runner import Cluster, make_runner
+        from ..runner import Cluster, LocalRunner
 
         key = (world, device)
         if key not in self.pools:
-            self.pools[key] = make_runner(world, device)
+            kind = device.split(":")[0]
+            self.pools[key] = LocalRunner(device) if world == 1 and kind == "cpu" else Cluster(world, device=kind)
         runner = self.pools[key]
         if isinstance(runner, Cluster) and not runner.alive:
             if status is not None:

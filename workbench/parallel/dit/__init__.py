@@ -10,6 +10,7 @@ attention, `sequence.py`), then torch.compile of each block.
 from __future__ import annotations
 
 import torch
+from torch.utils._pytree import tree_map_only
 
 from ..comm import group_size
 from .attention import SeqShard, attention_lse, merge_lse, ring_attention, ulysses_attention
@@ -85,11 +86,26 @@ def _blocks(model):
     return getattr(model, "transformer_blocks", None) or getattr(model, "blocks")
 
 
+# Modes whose compiled graphs replay as CUDA graphs (on CUDA; inductor alone elsewhere).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 def compile_blocks(model, mode: str | None = None) -> None:
     """torch.compile each transformer block's forward (hooks, and so the sequence sharding, stay eager)."""
     for block in _blocks(model):
         if "forward" not in block.__dict__:
-            block.forward = torch.compile(block.forward, dynamic=False, mode=mode)
+            compiled = torch.compile(block.forward, dynamic=False, mode=mode)
+            block.forward = _cloning_outputs(compiled) if mode in CUDA_GRAPH_MODES else compiled
+
+
+def _cloning_outputs(forward):
+    """Each block is its own compiled call, so CUDA graph trees start a new generation at every block and the
+    next block's replay may overwrite this one's outputs while they are its inputs (seen on an H100:
+    "accessing tensor output of CUDAGraphs that has been overwritten"). A copy of the block's outputs,
+    outside the graph, is what torch asks for; it is one activation-sized copy per block."""
+    def run(*args, **kwargs):
+        return tree_map_only(torch.Tensor, torch.clone, forward(*args, **kwargs))
+    return run
 
 
 def uncompile_blocks(model) -> None:
