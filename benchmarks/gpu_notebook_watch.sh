@@ -10,7 +10,8 @@ python3 -m ipykernel install --user --name python3 >/dev/null 2>&1
 name=$1 notebook=$2; shift 2
 export WORKBENCH_PROGRESS_LOG=$out/progress_$name.log
 t0=$(date +%s)
-timeout ${NOTEBOOK_TIMEOUT_S:-240} papermill "notebooks/$notebook" "$out/$name.ipynb" "$@" -k python3 --log-output \
+timeout ${NOTEBOOK_TIMEOUT_S:-240} python3 -m workbench.runtime.papermill_engine "notebooks/$notebook" "$out/$name.ipynb" "$@" \
+  -k python3 --engine ${ENGINE:-workbench} --log-output \
   --execution-timeout ${CELL_TIMEOUT_S:-170} --cwd /tmp > "$out/papermill_$name.log" 2>&1 &
 pm=$!
 while kill -0 $pm 2>/dev/null && [ $(( $(date +%s) - t0 )) -lt ${WATCH_S:-90} ]; do sleep 2; done

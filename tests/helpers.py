@@ -87,3 +87,14 @@ def run_triton_script(script: str, tmp_path_factory) -> dict:
     child = subprocess.run([sys.executable, script, str(path)], env=env, capture_output=True, text=True, timeout=600)
     assert child.returncode == 0, child.stderr[-4000:]
     return torch.load(path)
+
+
+def papermill_engine() -> str:
+    """The `workbench` papermill engine (workbench/runtime/papermill_engine.py), the one the README's commands
+    name: registered here too, for runs where the package is on PYTHONPATH, not pip-installed."""
+    from papermill.engines import papermill_engines
+
+    from workbench.runtime.papermill_engine import WorkbenchEngine
+
+    papermill_engines.register("workbench", WorkbenchEngine)
+    return "workbench"

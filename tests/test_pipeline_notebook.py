@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import DEVICE, NOTEBOOK_RANKS, notebook_outputs
+from helpers import DEVICE, NOTEBOOK_RANKS, notebook_outputs, papermill_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_pipeline.ipynb"
@@ -23,7 +23,7 @@ def test_notebook_runs_under_papermill(tmp_path, monkeypatch):
     params = dict(pipeline="glm-image", world_size=NOTEBOOK_RANKS, steps=2, tiny=True, device=DEVICE)
     out = tmp_path / "03_pipeline.out.ipynb"
     papermill.execute_notebook(str(NOTEBOOK), str(out), parameters=params, kernel_name="python3",
-                               cwd=str(tmp_path), progress_bar=False)
+                               cwd=str(tmp_path), progress_bar=False, engine_name=papermill_engine())
     nb = nbformat.read(out, as_version=4)
     outputs = notebook_outputs(nb)  # the cells' and the panel's Output widgets'
     text = "".join(o.get("text", "") + o.get("data", {}).get("text/html", "") for o in outputs)
