@@ -32,7 +32,7 @@ def pytest_runtest_logreport(report):
     failure, the traceback: a run cut by a time limit (the GPU device calls) still says why a test failed.
     Written by the xdist controller alone (it sees every worker's reports)."""
     path = os.environ.get("WORKBENCH_TEST_TRACE")
-    if path and not os.environ.get("PYTEST_XDIST_WORKER") and (report.when == "call" or report.outcome == "failed"):
+    if path and not os.environ.get("PYTEST_XDIST_WORKER") and (report.when == "call" or report.outcome != "passed"):
         with open(path, "a") as f:
             f.write(f"{time.strftime('%H:%M:%S')} {report.outcome:7} {report.duration:7.1f}s {report.nodeid} ({report.when})\n")
             if report.failed:
