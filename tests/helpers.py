@@ -92,9 +92,6 @@ def run_triton_script(script: str, tmp_path_factory) -> dict:
 def papermill_engine() -> str:
     """The `workbench` papermill engine (workbench/runtime/papermill_engine.py), the one the README's commands
     name: registered here too, for runs where the package is on PYTHONPATH, not pip-installed."""
-    from papermill.engines import papermill_engines
+    from workbench.runtime.papermill_engine import register
 
-    from workbench.runtime.papermill_engine import WorkbenchEngine
-
-    papermill_engines.register("workbench", WorkbenchEngine)
-    return "workbench"
+    return register()

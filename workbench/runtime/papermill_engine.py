@@ -54,9 +54,17 @@ class WorkbenchEngine(NBClientEngine):
             return super().execute_managed_notebook(*args, **kwargs)
 
 
-if __name__ == "__main__":  # papermill's command line, the engine registered where the package is not installed
-    from papermill.cli import papermill
+def register(name: str = "workbench") -> str:
+    """Register the engine with papermill under `name` (what the entry point does where the package is
+    pip-installed; needed where it is only on PYTHONPATH)."""
     from papermill.engines import papermill_engines
 
-    papermill_engines.register("workbench", WorkbenchEngine)
+    papermill_engines.register(name, WorkbenchEngine)
+    return name
+
+
+if __name__ == "__main__":  # papermill's command line, the engine registered where the package is not installed
+    from papermill.cli import papermill
+
+    register()
     papermill()

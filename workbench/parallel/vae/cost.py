@@ -203,5 +203,5 @@ def estimate_bytes(vae, z_shape, mode: str, world_size: int = 1, **params) -> in
         latent *= n
     fd = FrameDecoder(vae)
     latent *= torch.finfo(fd.dtype).bits // 8
-    lone_frame = fd.causal and len(z_shape) == 5 and z_shape[2] == 1
+    lone_frame = fd.causal and not fd.keeps_cache(z_shape[2])  # the decode runs without the frame cache
     return int(weight_bytes(vae) + latent + safety(vae, mode, lone_frame) * traced)

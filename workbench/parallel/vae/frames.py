@@ -76,13 +76,17 @@ class FrameDecoder:
             return pqc(z)
         return pqc(z[:, :, 0]).unsqueeze(2)
 
+    def keeps_cache(self, latent_frames: int, continued: bool = False) -> bool:
+        """Whether a decode of `latent_frames` frames needs the causal frame cache: not for a lone frame that no
+        later window continues (every image). The cache keeps a copy of each causal convolution's input frame
+        until the decode returns; for a one-frame decode those copies are never read, and they are most of its
+        peak (qwen-image: each of the decoder's 3x3 convs' inputs, all at once). Without it the decoder runs
+        exactly as on its first frame: every cache slot is empty then."""
+        return self.causal and (latent_frames > 1 or continued)
+
     def new_cache(self, latent_frames: int, continued: bool = False) -> list | None:
-        """The causal frame cache for a decode of `latent_frames` frames, or None where nothing would read it:
-        a lone frame that no later window continues (every image). The cache keeps a copy of each causal
-        convolution's input frame until the decode returns; for a one-frame decode those copies are never read,
-        and they are most of its peak (qwen-image: each of the decoder's 3x3 convs' inputs, all at once).
-        Without it the decoder runs exactly as on its first frame: every cache slot is empty then."""
-        if not self.causal or (latent_frames == 1 and not continued):
+        """The causal frame cache for the decode, or None where nothing would read it (`keeps_cache`)."""
+        if not self.keeps_cache(latent_frames, continued):
             return None
         return [None] * self.vae._cached_conv_counts["decoder"]
 
