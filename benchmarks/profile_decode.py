@@ -8,7 +8,8 @@ warm-up), its peak allocated memory, and its PSNR against the float32 decode of 
 
 Variants (comma-separated --variants): diffusers (vae.decode as shipped), diffusers_tiled (vae.enable_tiling(),
 its defaults), and workbench's strategies `full` and `tiled` (their defaults), optionally with speed levers
-from workbench.ops.vae.LEVERS joined by '+': `full:channels_last+causal_conv+fused_norm`.
+from workbench.ops.vae.LEVERS joined by '+': `full:channels_last+causal_conv+fused_norm`, and strategy parameters
+after '@', joined by ';': `tiled:causal_conv+fused_norm@tile_batch=16;tile_px=512;stride_px=448`.
 --profile names the variants to run once more under torch.profiler: self device time per aten op, summed
 per category (the kernels each op launches are counted once, under their op).
 """
@@ -78,14 +79,16 @@ def variant_fn(name: str, vae, z):
             finally:
                 vae.disable_tiling()
         return run
-    mode, _, levers = name.partition(":")
+    spec, _, options = name.partition("@")
+    mode, _, levers = spec.partition(":")
     if mode not in ("full", "tiled"):
         raise SystemExit(f"unknown variant {name!r}")
     levers = levers.split("+") if levers else []
+    params = {k: (int(v) if v.isdigit() else v) for k, _, v in (o.partition("=") for o in options.split(";") if o)}
 
     def run():
         with optimized(vae, levers):
-            return decode(vae, z, mode, profile=False).output
+            return decode(vae, z, mode, profile=False, **params).output
     return run
 
 

@@ -288,3 +288,25 @@ def group_norm_silu(x, num_groups, weight, bias, eps, silu, *, splits=None, stat
     if channels_last:  # the layout x came in, as the reference (and so torch.compile's fake) returns it
         y = y.contiguous(memory_format=torch.channels_last_3d if y.dim() == 5 else torch.channels_last)
     return y
+def group_norm_silu_stats(x, num_groups, mean, rstd, weight, bias, silu, *, block_s=None, num_warps=None):
+    """(B, C, *spatial) -> y: GroupNorm with given statistics mean, rstd (B, G) float32 (not x's own), weight,
+    bias (C,) or None, then SiLU if `silu`: the apply kernel of group_norm_silu alone."""
+    check_norm_args(x, {"weight": weight, "bias": bias}, 0.0, num_groups)
+    channels_last = _channels_last(x)
+    x, (batch, channels, spatial), y, device = _prepare(x)
+    if x.numel() == 0:
+        return y
+    stats = torch.stack([mean.reshape(-1), rstd.reshape(-1)], dim=1).float().contiguous()  # (B*G, 2)
+    block_s = block_s or GROUP_APPLY_BLOCK_S
+    with device:
+        _group_apply_kernel[(triton.cdiv(spatial, block_s), batch * channels)](
+            y, x, stats, x if weight is None else _flat(weight), x if bias is None else _flat(bias),
+            channels, spatial, channels // num_groups,
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_S=block_s,
+            num_warps=num_warps or 4,
+        )
+    if channels_last:
+        y = y.contiguous(memory_format=torch.channels_last_3d if y.dim() == 5 else torch.channels_last)
+    return y
+
+

@@ -84,3 +84,17 @@ def group_norm_silu_reference(x, num_groups, weight, bias, eps, silu):
     if bias is not None:
         y = y + _per_channel(bias, x.dim())
     return _finish(y, silu, x.dtype)
+
+
+def group_norm_silu_stats_reference(x, num_groups, mean, rstd, weight, bias, silu):
+    """(B, C, *spatial) -> same shape and dtype: GroupNorm with given per-(B, group) statistics mean and rstd
+    (float32), affine, then SiLU if `silu`; float32 arithmetic, one rounding."""
+    check_norm_args(x, {"weight": weight, "bias": bias}, 0.0, num_groups)
+    n, c = x.shape[:2]
+    y = (x.reshape(n, num_groups, -1).float() - mean.float()[..., None]) * rstd.float()[..., None]
+    y = y.view(x.shape)
+    if weight is not None:
+        y = y * _per_channel(weight, x.dim())
+    if bias is not None:
+        y = y + _per_channel(bias, x.dim())
+    return _finish(y, silu, x.dtype)

@@ -58,9 +58,23 @@ def test_tile_count_matches_formula(rows, cols, tile_px, stride_px):
     plan = plan_tiles((1, rows, cols), scale=8, tile_px=tile_px, stride_px=stride_px)
     assert plan.grid == (expected(rows), expected(cols))
     assert len(plan.items) == expected(rows) * expected(cols)
-    for t in plan.items:  # every tile is full size unless the latent is smaller than a tile
-        assert t.rows.size == min(tile, rows) and t.cols.size == min(tile, cols)
+    first = plan.items[0]
+    for t in plan.items:  # one size for every tile (they decode as one batch), at most the requested one
+        assert (t.rows.size, t.cols.size) == (first.rows.size, first.cols.size)
+        assert t.rows.size <= min(tile, rows) and t.cols.size <= min(tile, cols)
         assert 0 <= t.rows.start and t.rows.stop <= rows and 0 <= t.cols.start and t.cols.stop <= cols
+
+
+def test_tiles_are_no_larger_than_the_overlaps_need():
+    """Fewer wasted pixels: the smallest equal tiles with the requested count and overlap, so shrinking them by
+    one row would leave an overlap below tile - stride."""
+    for length in range(33, 300):
+        spans = axis_tiles(length, 32, 24)
+        size = spans[0].stop - spans[0].start
+        overlaps = [a.stop - b.start for a, b in zip(spans, spans[1:])]
+        assert min(overlaps) >= 8, (length, spans)
+        gaps = len(spans) - 1
+        assert (size - 1) * len(spans) - gaps * 8 < length, f"tiles of {size - 1} rows would do at length {length}"
 
 
 def test_tile_strides_never_exceed_the_requested_stride():

@@ -145,13 +145,14 @@ def _dtype(dtype) -> None:
 
 
 def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool = True, dtype: str = "float32",
-                 batch: int = 1, tile_px=None, stride_px=None, tile_frames=None, halo_latent=None, grid=None,
+                 batch: int = 1, tile_px=None, stride_px=None, tile_frames=None, tile_batch=None, norm_stats=None,
+                 halo_latent=None, grid=None,
                  merge=None, output=None, attention=None, budget_gib=None, levers=None,
                  under_torchrun: bool = False) -> dict:
     """Every decode argument against the preset, the latent and the ranks; the checked strategy parameters."""
     from .models.presets import ModelError, get_preset
     from .models.shapes import latent_shape, parse_size
-    from .parallel.vae import MERGES, PARALLEL, SHARD_ATTENTIONS, SHARD_OUTPUTS, STRATEGIES
+    from .parallel.vae import MERGES, NORM_STATS, PARALLEL, SHARD_ATTENTIONS, SHARD_OUTPUTS, STRATEGIES
     from .parallel.vae.plan import PlanError, plan_patches, plan_shards, plan_tiles
 
     try:
@@ -164,6 +165,11 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
     _dtype(dtype)
     _positive("--batch", batch)
     _positive("--tile-frames", tile_frames)
+    _positive("--tile-batch", tile_batch)
+    if norm_stats is not None and norm_stats not in NORM_STATS:
+        raise BadInput(f"--norm-stats: {norm_stats!r} is not accepted; accepted: {', '.join(NORM_STATS)}")
+    if (tile_batch is not None or norm_stats is not None) and not {"tiled", "parallel_tiled"} & set(modes):
+        raise BadInput("--tile-batch and --norm-stats apply to tiled and parallel_tiled; add one of them to --mode")
     _positive("--halo", halo_latent, 0)
     if budget_gib is not None and budget_gib <= 0:
         raise BadInput(f"--budget-gib must be > 0 (GiB per device), got {budget_gib}")
@@ -203,7 +209,8 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
     if grid is not None and not {"shard", "patch"} & set(modes):
         raise BadInput("--grid applies to patch and shard only; add one of them to --mode or drop --grid")
     levers = _levers(levers, modes, preset)
-    params = {"tile_px": tile_px, "stride_px": stride_px, "tile_frames": tile_frames, "halo_latent": halo_latent,
+    params = {"tile_px": tile_px, "stride_px": stride_px, "tile_frames": tile_frames, "tile_batch": tile_batch,
+              "norm_stats": norm_stats, "halo_latent": halo_latent,
               "merge": merge, "output": output, "attention": attention, "memory_budget_gib": budget_gib, "grid": grid,
               "levers": levers}
     return {k: v for k, v in params.items() if v is not None}

@@ -2,6 +2,8 @@
 
     torch.ops.workbench.rms_norm_silu(x, gamma, bias, eps, silu) -> y                  (WanRMS_norm [+ SiLU])
     torch.ops.workbench.group_norm_silu(x, num_groups, weight, bias, eps, silu) -> y    (GroupNorm [+ SiLU])
+    torch.ops.workbench.group_norm_silu_stats(x, num_groups, mean, rstd, weight, bias, silu) -> y
+                                                              (the same with given statistics, (B, G) float32)
 
 x (B, C, *spatial), channel-first; gamma/weight/bias (C,) or (C, 1, ...), bias and weight may be None; y has
 x's shape and dtype. Semantics: `kernels/vae_norm_ref.py`. native and npu: the PyTorch reference (float32
@@ -49,6 +51,7 @@ from .custom_op import KernelOp
 __all__ = [
     "rms_norm_silu",
     "group_norm_silu",
+    "group_norm_silu_stats",
     "FusedRMSNormSiLU",
     "FusedGroupNormSiLU",
     "SiLUInNorm",
@@ -75,6 +78,9 @@ _rms_norm_silu = VAENormOp(
 _group_norm_silu = VAENormOp(
     "group_norm_silu",
     "(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, bool silu) -> Tensor").register()
+_group_norm_silu_stats = VAENormOp(
+    "group_norm_silu_stats",
+    "(Tensor x, int num_groups, Tensor mean, Tensor rstd, Tensor? weight, Tensor? bias, bool silu) -> Tensor").register()
 
 
 def rms_norm_silu(x, gamma, bias, eps, silu):
@@ -85,6 +91,12 @@ def rms_norm_silu(x, gamma, bias, eps, silu):
 def group_norm_silu(x, num_groups, weight, bias, eps, silu):
     """(B, C, *spatial) -> GroupNorm(num_groups, eps) with optional affine, then SiLU if `silu`."""
     return _group_norm_silu(x, num_groups, weight, bias, eps, silu)
+
+
+def group_norm_silu_stats(x, num_groups, mean, rstd, weight, bias, silu):
+    """(B, C, *spatial) -> GroupNorm with the given statistics mean, rstd (B, G) float32 and optional affine,
+    then SiLU if `silu` (tiled decodes normalise every tile with whole-image statistics)."""
+    return _group_norm_silu_stats(x, num_groups, mean, rstd, weight, bias, silu)
 
 
 # --- the fused modules ----------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ class DecodeContext:
 from . import (  # noqa: E402
     MERGES,
     MODE_LEVERS,
+    NORM_STATS,
     PARALLEL,
     PATCH_OUTPUTS,
     SERIAL,
@@ -51,7 +52,8 @@ from . import (  # noqa: E402
 
 # The parameters whose values are a fixed set, per mode.
 CHOICES = {
-    "parallel_tiled": {"merge": MERGES},
+    "tiled": {"norm_stats": NORM_STATS},
+    "parallel_tiled": {"merge": MERGES, "norm_stats": NORM_STATS},
     "patch": {"output": PATCH_OUTPUTS},
     "shard": {"output": SHARD_OUTPUTS, "attention": SHARD_ATTENTIONS},
 }

@@ -17,13 +17,18 @@ from tqdm.auto import tqdm
 from . import MERGES  # noqa: E402
 from .blend import blend_into
 from .plan import frame_windows, plan_tiles
-from .tiled import used_stride
+from .tile_stats import normalised_by
+from .tiled import check_tiling, tile_norm_stats, used_stride
 
 
 def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192,
-                          tile_frames: int | None = None, merge: str = "allgather"):
+                          tile_frames: int | None = None, merge: str = "allgather", tile_batch: int = 1,
+                          norm_stats: str = "sampled"):
+    """`tiled`'s tiles over the ranks (see the module's docstring); `tile_batch` and `norm_stats` as for `tiled`:
+    every rank batches its own tiles and computes the same sampled GroupNorm statistics."""
     if merge not in MERGES:
         raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
+    check_tiling(tile_batch, norm_stats)
     fd, comm = ctx.fd, ctx.comm
     z5 = fd.as_5d(z)
     plan = plan_tiles(z5.shape[2:], scale=fd.spatial_ratio, tile_px=tile_px, stride_px=stride_px).assign(comm.world_size)
@@ -33,13 +38,15 @@ def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px
     out = torch.zeros(out_shape, dtype=torch.float32, device=z.device) if blends_here else None
     x = fd.prepare(z5)
     mine = plan.owned_by(comm.rank)
+    stats, info = tile_norm_stats(ctx, x, plan, norm_stats)
     caches = {}
     b, c = out_shape[:2]
-    with tqdm(total=len(windows) * len(mine), desc=f"rank {comm.rank} tiles", disable=not ctx.progress, leave=False) as bar:
+    with normalised_by(fd.vae.decoder, stats), \
+            tqdm(total=len(windows) * len(mine), desc=f"rank {comm.rank} tiles", disable=not ctx.progress, leave=False) as bar:
         for w, window in enumerate(windows):
             last = w == len(windows) - 1
             decoded = []
-            for _, pixels in fd.decode_window(x, mine, window, caches, last, ctx.measure):
+            for _, pixels in fd.decode_window(x, mine, window, caches, last, ctx.measure, tile_batch):
                 decoded.append(pixels)
                 bar.update()
             frames = window.pixel.size
@@ -67,7 +74,7 @@ def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px
             result = comm.broadcast(result, src=0)
     work = plan.work_by_rank(comm.world_size)
     return result, plan, {"tiles": len(plan.items), "windows": len(windows), "merge": merge,
-                          **used_stride(plan, stride_px),
+                          **used_stride(plan, stride_px), **info,
                           "imbalance": max(work) / (sum(work) / len(work)) if sum(work) else 1.0}
 
 

@@ -234,18 +234,21 @@ def _work(item) -> int:
 
 
 def axis_tiles(length: int, tile: int, stride: int) -> list[Span]:
-    """Overlapping tiles along one axis, in latent units, spread evenly from edge to edge.
+    """Overlapping tiles along one axis, in latent units, of one size, spread evenly from edge to edge.
 
     Count: 1 if length <= tile, else ceil((length - tile) / stride) + 1, as many as tiles every
-    `stride` need; they are then spaced evenly, so `stride` is the largest stride used and every
-    overlap is at least tile - stride. (diffusers starts a tile every stride to the end, which leaves
-    a last sliver of a few rows with little context.)
+    `stride` need. The tiles are then shrunk to the smallest size that still covers the axis with
+    overlaps of at least tile - stride, and spaced evenly: so `stride` is the largest stride used, every
+    overlap is at least tile - stride, and no pixel is decoded more often than the overlaps need
+    (diffusers starts a full tile every stride to the end, which leaves a last sliver of a few rows
+    with little context; full-size tiles spread evenly decode up to 25% more area than that).
     """
     if length <= tile:
         return [Span(0, length)]
     gaps = math.ceil((length - tile) / stride)
-    starts = [round(i * (length - tile) / gaps) for i in range(gaps + 1)]
-    return [Span(s, s + tile) for s in starts]
+    size = math.ceil((length + gaps * (tile - stride)) / (gaps + 1))  # <= tile
+    starts = [round(i * (length - size) / gaps) for i in range(gaps + 1)]
+    return [Span(s, s + size) for s in starts]
 
 
 def axis_blend_weights(spans_px: list[Span]) -> list[tuple[float, ...]]:

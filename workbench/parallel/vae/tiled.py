@@ -8,39 +8,68 @@ from tqdm.auto import tqdm
 from ...ops.vae import optimized
 from .blend import blend_into
 from .plan import frame_windows, plan_tiles
+from .tile_stats import NORM_STATS, group_norms, normalised_by, sampled_stats, subsample_step
 
 
 def decode_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192, tile_frames: int | None = None,
-                 levers: tuple = ()):
+                 tile_batch: int = 1, norm_stats: str = "sampled", levers: tuple = ()):
     """Overlapping spatial tiles blended with linear ramps; videos optionally in windows of frames.
 
     `tile_frames` (latent frames per window; None = all) bounds how much of each tile's video is in
     flight: every tile keeps its own causal frame cache across windows, so any window size gives the
     same output as one pass, while memory holds only one window of decoded frames per tile.
+    `tile_batch`: tiles decoded per decoder call (memory grows with it; the output is the same up to
+    summation order). `norm_stats`: "sampled" normalises a GroupNorm decoder's tiles with whole-image
+    statistics from one decode of the latent subsampled to a tile's size (tile_stats.py), "tile" with
+    each tile's own; decoders without GroupNorm are the same either way and make no extra decode.
     `levers`: speed levers for the tiles' decodes (workbench.ops.vae.LEVERS).
     """
+    check_tiling(tile_batch, norm_stats)
     with optimized(ctx.fd.vae, levers):
-        return _decode_tiles(ctx, z, tile_px, stride_px, tile_frames)
+        return _decode_tiles(ctx, z, tile_px, stride_px, tile_frames, tile_batch, norm_stats)
 
 
-def _decode_tiles(ctx, z: torch.Tensor, tile_px: int, stride_px: int, tile_frames: int | None):
+def check_tiling(tile_batch: int, norm_stats: str) -> None:
+    if not isinstance(tile_batch, int) or isinstance(tile_batch, bool) or tile_batch < 1:
+        raise ValueError(f"tile_batch must be a positive integer, got {tile_batch!r}")
+    if norm_stats not in NORM_STATS:
+        raise ValueError(f"norm_stats must be one of {', '.join(NORM_STATS)}, got {norm_stats!r}")
+
+
+def _decode_tiles(ctx, z: torch.Tensor, tile_px: int, stride_px: int, tile_frames: int | None, tile_batch: int,
+                  norm_stats: str):
     fd = ctx.fd
     z5 = fd.as_5d(z)
     plan = plan_tiles(z5.shape[2:], scale=fd.spatial_ratio, tile_px=tile_px, stride_px=stride_px)
     windows = frame_windows(z5.shape[2], tile_frames, fd.temporal_ratio)
     out = torch.zeros(fd.output_shape(z5.shape), dtype=torch.float32, device=z.device)
     x = fd.prepare(z5)
+    stats, info = tile_norm_stats(ctx, x, plan, norm_stats)
     caches = {}
-    with tqdm(total=len(windows) * len(plan.items), desc="tiles", disable=not ctx.progress, leave=False) as bar:
+    with normalised_by(fd.vae.decoder, stats), \
+            tqdm(total=len(windows) * len(plan.items), desc="tiles", disable=not ctx.progress, leave=False) as bar:
         for w, window in enumerate(windows):
             last = w == len(windows) - 1
-            for tile, pixels in fd.decode_window(x, plan.items, window, caches, last, ctx.measure):
+            for tile, pixels in fd.decode_window(x, plan.items, window, caches, last, ctx.measure, tile_batch):
                 with ctx.measure.phase("blend"):
                     blend_into(out, tile, pixels, window.pixel)
                 del pixels
                 bar.update()
     out = fd.finish(out.to(fd.dtype))
-    return out, plan, {"tiles": len(plan.items), "windows": len(windows), **used_stride(plan, stride_px)}
+    return out, plan, {"tiles": len(plan.items), "windows": len(windows), **used_stride(plan, stride_px), **info}
+
+
+def tile_norm_stats(ctx, x: torch.Tensor, plan, norm_stats: str):
+    """(GroupNorm statistics for the tiles or None, what was done for the record): with "sampled", from one
+    decode of the prepared latent x (B, C, T, H, W) subsampled to the requested tile size, for image decoders
+    with GroupNorm whose latent is larger than one tile. Every rank computes the same."""
+    fd = ctx.fd
+    step = subsample_step(x.shape[-2:], (plan.tile_latent, plan.tile_latent))  # the requested tile: its memory
+    if norm_stats != "sampled" or fd.causal or step == 1 or not group_norms(fd.vae.decoder):
+        return None, {"stats_subsample": None}
+    with ctx.measure.phase("statistics"):
+        stats = sampled_stats(fd.vae.decoder, x[:, :, 0], step)  # (B, C, H, W): an image decoder's layout
+    return stats, {"stats_subsample": step}
 
 
 def used_stride(plan, stride_px: int) -> dict:
