@@ -81,21 +81,28 @@ def full_1gpu(records) -> list:
     return rows
 
 
-def tiled_1gpu(records) -> list:
+TILED_RUNS = "decode_tiled_{}_h100.json"  # benchmarks/gpu_tiled.sh: ours against diffusers' tiling, one launch each
+
+
+def tiled_1gpu() -> list:
+    """Our fastest tiled variant that is at least as close to the float32 decode as diffusers' enable_tiling()
+    (else the closest), against that tiling measured in the same launch: speed, PSNR gain and peak of one run."""
     rows = []
     for cfg in ONE_GPU:
-        variants, source = records[cfg][0]
-        ref, ours = variants["diffusers_tiled"], variants["tiled"]
-        levers = variants.get(f"tiled:{LEVERS}", {})
-        note = (f"diffusers' tiling {ref['median_s']:.3f} s, {ref['psnr_vs_fp32_db']:.2f} dB; our tiled (defaults) "
-                f"{ours['median_s']:.3f} s, {ours['psnr_vs_fp32_db']:.2f} dB")
-        if "median_s" in levers:
-            note += f"; with the {LEVERS} levers {levers['median_s']:.3f} s"
+        source = TILED_RUNS.format(cfg.split("_")[0])
+        variants = load(source)["records"][0]["variants"]
+        ref = variants["diffusers_tiled"]
+        ours = {k: v for k, v in variants.items() if k.startswith("tiled") and "median_s" in v}
+        fair = {k: v for k, v in ours.items() if v["psnr_vs_fp32_db"] >= ref["psnr_vs_fp32_db"]}
+        name, best = (min(fair.items(), key=lambda kv: kv[1]["median_s"]) if fair
+                      else max(ours.items(), key=lambda kv: kv[1]["psnr_vs_fp32_db"]))
+        note = (f"diffusers' tiling {ref['median_s']:.3f} s, {ref['peak_gib']:.2f} GiB, {ref['psnr_vs_fp32_db']:.2f} dB; "
+                f"ours `{name}` {best['median_s']:.3f} s, {best['peak_gib']:.2f} GiB, {best['psnr_vs_fp32_db']:.2f} dB")
         rows.append(entry(f"decode.tiled_1gpu.{cfg}.speedup_vs_diffusers_tiled",
-                          "our tiled decode (defaults) over diffusers' enable_tiling() decode", ref["median_s"] / ours["median_s"],
+                          "our tiled decode over diffusers' enable_tiling() decode", ref["median_s"] / best["median_s"],
                           1.2, source=source, note=note))
         rows.append(entry(f"decode.tiled_1gpu.{cfg}.psnr_gain_db", "our tiled PSNR vs fp32 minus diffusers' tiled",
-                          ours["psnr_vs_fp32_db"] - ref["psnr_vs_fp32_db"], 3.0 if cfg.startswith("glm") else 0.0,
+                          best["psnr_vs_fp32_db"] - ref["psnr_vs_fp32_db"], 3.0 if cfg.startswith("glm") else 0.0,
                           source=source, note=note))
     return rows
 
@@ -213,7 +220,7 @@ def dit() -> list:
 
 def scoreboard() -> list:
     records = one_gpu_records()
-    return full_1gpu(records) + shard_4gpu() + beyond_memory() + tiled_1gpu(records) + dit()
+    return full_1gpu(records) + shard_4gpu() + beyond_memory() + tiled_1gpu() + dit()
 
 
 def table(rows) -> str:
