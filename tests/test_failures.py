@@ -29,12 +29,19 @@ pytestmark = pytest.mark.slow
 WITHIN_S = 30
 
 
-@pytest.fixture
-def pool():
+@pytest.fixture(scope="module")
+def shared_pool():
+    """One pool for the whole matrix: a start costs every worker its imports (about 4 s of the 20 s of each
+    test when each had its own). Each test takes the pids it starts from and checks the recovery itself."""
     if not ranks_available(2):
         pytest.skip("2 ranks need 2 GPUs")
     with Cluster(world_size=2, device=DEVICE, timeout_s=600, threads_per_rank=1) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def pool(shared_pool):
+    return shared_pool.start()  # running at each test's start, whatever an earlier test left
 
 
 def recovered(pool, pids, t0, *, restarted: bool) -> None:
