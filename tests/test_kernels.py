@@ -220,7 +220,9 @@ def test_bool_index_and_broadcast_residual_gate():
 
 # --- the Triton kernels against the references --------------------------------------------------------------
 
-TRITON_CASES = (make_cases([(1, 1, 3072), (1, 77, 3000), (1, 77, 64), (2, 7, 3072)])
+# 13 tokens, not 77: one program per token (row), each on its own row alone, so the count only adds interpreter
+# time (77 tokens cost 14 of the child's 18 s); odd, with both index sets among them, as 77 was.
+TRITON_CASES = (make_cases([(1, 1, 3072), (1, 13, 3000), (1, 13, 64), (2, 7, 3072)])
                 + make_cases([(2, 7, 3000)], dtypes=("fp32", "bf16"), strided=True, affine=True))
 
 
