@@ -4,7 +4,7 @@ import os
 import time
 
 import pytest
-from helpers import DEVICE, ranks_available
+from helpers import DEVICE, ranks_available, start_triton_script, stop_triton_scripts
 
 from workbench.runner import Cluster
 
@@ -25,6 +25,18 @@ def clusters():
     yield get
     for pool in pools.values():
         pool.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def triton_children(request, tmp_path_factory):
+    """The Triton children of the selected kernel tests (helpers.run_triton_script: a fixture named
+    *triton_outputs runs its file as a script) start with the session and run beside the first tests."""
+    scripts = {str(item.path) for item in request.session.items
+               if any(name.endswith("triton_outputs") for name in getattr(item, "fixturenames", ()))}
+    for script in sorted(scripts):
+        start_triton_script(script, tmp_path_factory.mktemp("triton"))
+    yield
+    stop_triton_scripts()
 
 
 def pytest_runtest_logreport(report):

@@ -72,20 +72,53 @@ def gone(pids, within_s: float = 10.0) -> bool:
     return False
 
 
-def run_triton_script(script: str, tmp_path_factory) -> dict:
-    """Run a kernel test file as a script in a child process, which writes its Triton outputs to a file: on a
-    GPU as is, elsewhere with TRITON_INTERPRET=1 (it must be set before triton is first imported, whatever this
-    process imported already). Returns what the child saved."""
-    import pytest
+# script -> (the running child, the file it writes its outputs to, the file of its stdout and stderr)
+_TRITON_CHILDREN: dict[str, tuple[subprocess.Popen, Path, Path]] = {}
 
-    pytest.importorskip("triton")
+
+def start_triton_script(script: str, out_dir: Path) -> None:
+    """Start the child of run_triton_script(script) now, without waiting for it: conftest starts the children
+    of the selected kernel tests at the session's start, so that these single-threaded interpreter runs (6-8 s
+    each) use the second core while the first tests run, instead of being waited for one by one."""
+    import importlib.util
+
+    if script in _TRITON_CHILDREN or importlib.util.find_spec("triton") is None:
+        return
     root = Path(__file__).resolve().parents[1]
-    path = tmp_path_factory.mktemp("triton") / "outputs.pt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"
-    child = subprocess.run([sys.executable, script, str(path)], env=env, capture_output=True, text=True, timeout=600)
-    assert child.returncode == 0, child.stderr[-4000:]
+    path, log = out_dir / "outputs.pt", out_dir / "child.log"
+    with open(log, "w") as f:
+        child = subprocess.Popen([sys.executable, script, str(path)], env=env, stdout=f, stderr=subprocess.STDOUT)
+    _TRITON_CHILDREN[script] = (child, path, log)
+
+
+def stop_triton_scripts() -> None:
+    """Kill the children that no test collected (a session stopped early)."""
+    while _TRITON_CHILDREN:
+        child, _, _ = _TRITON_CHILDREN.popitem()[1]
+        child.kill()
+        child.wait()
+
+
+def run_triton_script(script: str, tmp_path_factory) -> dict:
+    """Run a kernel test file as a script in a child process, which writes its Triton outputs to a file: on a
+    GPU as is, elsewhere with TRITON_INTERPRET=1 (it must be set before triton is first imported, whatever this
+    process imported already). Returns what the child saved. The child may have been started already
+    (start_triton_script); else it starts now."""
+    import pytest
+
+    pytest.importorskip("triton")
+    if script not in _TRITON_CHILDREN:
+        start_triton_script(script, tmp_path_factory.mktemp("triton"))
+    child, path, log = _TRITON_CHILDREN.pop(script)
+    try:
+        child.wait(timeout=600)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, log.read_text()[-4000:]
     return torch.load(path)
 
 
