@@ -31,16 +31,26 @@ def run(name, tmp_path, cell_timeout_s=CELL_TIMEOUT_S, **parameters):
     out = tmp_path / name
     progress = tmp_path / "progress.log"  # the panel's phases, timestamped (the kernel inherits the variable)
     os.environ["WORKBENCH_PROGRESS_LOG"] = str(progress)
+    tmpdir = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path)  # the kernel's pool keeps its rendezvous folder here (see below)
     try:
+        # shutdown_kernel="immediate": once every cell has replied, the kernel is killed instead of given up to
+        # 5 s to stop (its pool's workers follow it: they die with their parent). What is checked is the
+        # executed notebook; a graceful stop cost 2-3 s of each run, waiting. The pool's folder, never
+        # removed then, is in tmp_path.
         papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters, kernel_name="python3",
                                    progress_bar=False, cwd=str(tmp_path), execution_timeout=cell_timeout_s,
-                                   interrupt_on_timeout=True, engine_name=papermill_engine())
+                                   interrupt_on_timeout=True, engine_name=papermill_engine(), shutdown_kernel="immediate")
     except papermill.PapermillExecutionError as e:  # the kernel's own traceback, not papermill's
         phases = progress.read_text() if progress.exists() else "(no phase logged)\n"
         pytest.fail(f"{name}: cell {e.exec_count}: {e.ename}: {e.evalue}\nthe panel's phases:\n{phases}"
                     + "\n".join(e.traceback)[-6000:], pytrace=False)
     finally:
         os.environ.pop("WORKBENCH_PROGRESS_LOG", None)
+        if tmpdir is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = tmpdir
         if (trace := os.environ.get("WORKBENCH_TEST_TRACE")) and progress.exists():  # where a slow run went
             with open(trace, "a") as f:
                 f.write(f"{name} {parameters}: the panel's phases\n{progress.read_text()}")

@@ -20,10 +20,14 @@ def test_notebook_runs_under_papermill(tmp_path, monkeypatch):
     # the kernel (and the ranks it spawns) import this checkout's workbench
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as CI sets it: the notebook must still show its figures inline
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's pool keeps its rendezvous folder here (see below)
     params = dict(pipeline="glm-image", world_size=NOTEBOOK_RANKS, steps=2, tiny=True, device=DEVICE)
     out = tmp_path / "03_pipeline.out.ipynb"
+    # shutdown_kernel="immediate": the kernel is killed once every cell has replied (its workers die with it), not
+    # given up to 5 s to stop (2-3 s of waiting per run); the pool's folder, then never removed, is in tmp_path
     papermill.execute_notebook(str(NOTEBOOK), str(out), parameters=params, kernel_name="python3",
-                               cwd=str(tmp_path), progress_bar=False, engine_name=papermill_engine())
+                               cwd=str(tmp_path), progress_bar=False, engine_name=papermill_engine(),
+                               shutdown_kernel="immediate")
     nb = nbformat.read(out, as_version=4)
     outputs = notebook_outputs(nb)  # the cells' and the panel's Output widgets'
     text = "".join(o.get("text", "") + o.get("data", {}).get("text/html", "") for o in outputs)
