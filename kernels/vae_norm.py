@@ -256,6 +256,25 @@ def _stats_splits(groups: int, group_numel: int, block: int, device) -> int:
     return max(1, min(triton.cdiv(STATS_PROGRAMS_PER_SM * sms, groups), triton.cdiv(group_numel, block)))
 
 
+def _group_apply(y, x, stats, weight, bias, silu, channels, spatial, num_groups, block_s, num_warps):
+    """y = (x - mean) * rstd [* weight] [+ bias] [then SiLU], per group of the stats (B*G, 2) float32 (mean, rstd);
+    x, y contiguous (B, C, S). The launch is inside the caller's device context."""
+    block_s = block_s or GROUP_APPLY_BLOCK_S
+    _group_apply_kernel[(triton.cdiv(spatial, block_s), x.shape[0] * channels)](
+        y, x, stats, x if weight is None else _flat(weight), x if bias is None else _flat(bias),
+        channels, spatial, channels // num_groups,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_S=block_s,
+        num_warps=num_warps or 4,
+    )
+
+
+def _in_layout(y, channels_last: bool):
+    """y back in the layout x came in, as the reference (and so torch.compile's fake) returns it."""
+    if channels_last:
+        return y.contiguous(memory_format=torch.channels_last_3d if y.dim() == 5 else torch.channels_last)
+    return y
+
+
 def group_norm_silu(x, num_groups, weight, bias, eps, silu, *, splits=None, stats_block=None, block_s=None,
                     num_warps=None):
     """(B, C, *spatial) -> y, same shape and dtype: GroupNorm(num_groups) with weight, bias (C,) or None,
@@ -273,40 +292,24 @@ def group_norm_silu(x, num_groups, weight, bias, eps, silu, *, splits=None, stat
     splits = triton.cdiv(group_numel, chunk_numel)  # no empty chunk
     partials = torch.empty(groups, splits, 3, dtype=torch.float32, device=x.device)
     stats = torch.empty(groups, 2, dtype=torch.float32, device=x.device)
-    block_s = block_s or GROUP_APPLY_BLOCK_S
     with device:
         _group_stats_kernel[(groups, splits)](partials, x, group_numel, chunk_numel, splits, BLOCK=stats_block,
                                               num_warps=8)
         _group_finalize_kernel[(groups,)](stats, partials, splits, float(eps),
                                           BLOCK_SPLITS=triton.next_power_of_2(splits), num_warps=1)
-        _group_apply_kernel[(triton.cdiv(spatial, block_s), batch * channels)](
-            y, x, stats, x if weight is None else _flat(weight), x if bias is None else _flat(bias),
-            channels, spatial, channels // num_groups,
-            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_S=block_s,
-            num_warps=num_warps or 4,
-        )
-    if channels_last:  # the layout x came in, as the reference (and so torch.compile's fake) returns it
-        y = y.contiguous(memory_format=torch.channels_last_3d if y.dim() == 5 else torch.channels_last)
-    return y
+        _group_apply(y, x, stats, weight, bias, silu, channels, spatial, num_groups, block_s, num_warps)
+    return _in_layout(y, channels_last)
+
+
 def group_norm_silu_stats(x, num_groups, mean, rstd, weight, bias, silu, *, block_s=None, num_warps=None):
     """(B, C, *spatial) -> y: GroupNorm with given statistics mean, rstd (B, G) float32 (not x's own), weight,
     bias (C,) or None, then SiLU if `silu`: the apply kernel of group_norm_silu alone."""
     check_norm_args(x, {"weight": weight, "bias": bias}, 0.0, num_groups)
     channels_last = _channels_last(x)
-    x, (batch, channels, spatial), y, device = _prepare(x)
+    x, (_, channels, spatial), y, device = _prepare(x)
     if x.numel() == 0:
         return y
     stats = torch.stack([mean.reshape(-1), rstd.reshape(-1)], dim=1).float().contiguous()  # (B*G, 2)
-    block_s = block_s or GROUP_APPLY_BLOCK_S
     with device:
-        _group_apply_kernel[(triton.cdiv(spatial, block_s), batch * channels)](
-            y, x, stats, x if weight is None else _flat(weight), x if bias is None else _flat(bias),
-            channels, spatial, channels // num_groups,
-            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_S=block_s,
-            num_warps=num_warps or 4,
-        )
-    if channels_last:
-        y = y.contiguous(memory_format=torch.channels_last_3d if y.dim() == 5 else torch.channels_last)
-    return y
-
-
+        _group_apply(y, x, stats, weight, bias, silu, channels, spatial, num_groups, block_s, num_warps)
+    return _in_layout(y, channels_last)

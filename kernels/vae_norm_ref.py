@@ -66,6 +66,15 @@ def _finish(y: torch.Tensor, silu: bool, dtype: torch.dtype) -> torch.Tensor:
     return (F.silu(y) if silu else y).to(dtype).contiguous()
 
 
+def _affine_finish(y: torch.Tensor, weight, bias, silu: bool, dtype: torch.dtype) -> torch.Tensor:
+    """A normalised float32 y (B, C, *spatial) times weight, plus bias (either may be None), then _finish."""
+    if weight is not None:
+        y = y * _per_channel(weight, y.dim())
+    if bias is not None:
+        y = y + _per_channel(bias, y.dim())
+    return _finish(y, silu, dtype)
+
+
 def rms_norm_silu_reference(x, gamma, bias, eps, silu):
     """(B, C, *spatial) -> same shape and dtype: channel-first RMS norm (WanRMS_norm), then SiLU if `silu`."""
     check_norm_args(x, {"gamma": gamma, "bias": bias}, eps)
@@ -78,12 +87,7 @@ def rms_norm_silu_reference(x, gamma, bias, eps, silu):
 def group_norm_silu_reference(x, num_groups, weight, bias, eps, silu):
     """(B, C, *spatial) -> same shape and dtype: GroupNorm over num_groups groups, then SiLU if `silu`."""
     check_norm_args(x, {"weight": weight, "bias": bias}, eps, num_groups)
-    y = F.group_norm(x.float(), num_groups, eps=eps)
-    if weight is not None:
-        y = y * _per_channel(weight, x.dim())
-    if bias is not None:
-        y = y + _per_channel(bias, x.dim())
-    return _finish(y, silu, x.dtype)
+    return _affine_finish(F.group_norm(x.float(), num_groups, eps=eps), weight, bias, silu, x.dtype)
 
 
 def group_norm_silu_stats_reference(x, num_groups, mean, rstd, weight, bias, silu):
@@ -92,9 +96,4 @@ def group_norm_silu_stats_reference(x, num_groups, mean, rstd, weight, bias, sil
     check_norm_args(x, {"weight": weight, "bias": bias}, 0.0, num_groups)
     n, c = x.shape[:2]
     y = (x.reshape(n, num_groups, -1).float() - mean.float()[..., None]) * rstd.float()[..., None]
-    y = y.view(x.shape)
-    if weight is not None:
-        y = y * _per_channel(weight, x.dim())
-    if bias is not None:
-        y = y + _per_channel(bias, x.dim())
-    return _finish(y, silu, x.dtype)
+    return _affine_finish(y.view(x.shape), weight, bias, silu, x.dtype)
