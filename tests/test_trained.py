@@ -169,3 +169,46 @@ def test_encode_video_layout():
     assert z.shape == (1, 48, 2, 2, 2)
     z1 = encode(vae, load_photo("chelsea"), height=32, width=32)
     assert z1.shape == (1, 48, 1, 2, 2)
+
+
+@pytest.mark.parametrize("graphs", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA graphs need a GPU"))])
+def test_train_step_reads_its_lr(graphs):
+    """A training step at LR 0 leaves the weights as they were (AdamW's decay scales with the LR); at the
+    training LR it moves them and lowers the loss on a repeated batch. With graphs, the captured AdamW must read
+    the LR from its tensor, not from the value at capture."""
+    from workbench.models.train import TrainStep, _set_lr, build_tiny
+
+    device = torch.device("cuda" if graphs else "cpu")
+    vae = build_tiny("glm")[0].to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=torch.tensor(1e-3, device=device) if graphs else 1e-3,
+                            weight_decay=1e-4, capturable=graphs)
+    step = TrainStep(vae, opt, 1e-5, device, graphs=graphs)
+    x = TrainingPhotos(device=device, seed=1).images_batch(2, 32)
+    losses = [float(step(x)[0]) for _ in range(step.warmup + 3)]  # eager warm-up, capture, replays
+    before = [p.detach().clone() for p in vae.parameters()]
+    _set_lr(opt, 0.0)
+    step(x)
+    assert all(torch.equal(a, p) for a, p in zip(before, vae.parameters()))
+    _set_lr(opt, 1e-3)
+    losses.append(float(step(x)[0]))
+    assert any(not torch.equal(a, p) for a, p in zip(before, vae.parameters()))
+    assert losses[-1] < losses[0]
+    assert step.captured if graphs else not step.captured
+
+
+def test_train_writes_weights_and_card(tmp_path):
+    """Two steps of the glm family on the CPU: the weights, the card and the picture, and the card's numbers."""
+    import json
+
+    from workbench.models.train import train
+
+    card = train("glm", seconds=None, steps=2, batch=2, size=64, out=tmp_path, log_every=1)
+    assert card["training"]["steps"] == 2 and json.loads((tmp_path / "glm.json").read_text()) == card
+    assert {"glm.safetensors", "glm.md", "glm.json", "glm_chelsea.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert set(card["psnr_db"]) >= {"chelsea_256", "coffee_full"} and "--steps 2" in card["reproduce"]
+    from workbench.models.train import build_tiny
+
+    vae = load_trained(build_tiny("glm", seed=1)[0], "glm-image", tmp_path / "glm.safetensors")
+    shipped = load_trained(build_tiny("glm", seed=1)[0], "glm-image")
+    assert not torch.equal(vae.decoder.conv_out.weight, shipped.decoder.conv_out.weight)

@@ -195,6 +195,13 @@ def synthetic_clip(img: torch.Tensor, frames: int, height: int, width: int, seed
 # ------------------------------------------------------------------------------------------- training
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on `device`; on CUDA pinned and asynchronous, so that it does not wait for queued work."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class TrainingPhotos:
     """Seeded random crops and clips of the training photos (never a held-out one), made on `device`.
 
@@ -237,30 +244,33 @@ class TrainingPhotos:
         if self.jitter <= 0:
             return x
         j = self.jitter
-        view = (n, 1) + (1,) * (x.dim() - 2)
-        bright = ((self._rand(n) - 0.5) * 0.2 * j).view(view).to(x.device)
-        contrast = (1 + (self._rand(n) - 0.5) * 0.3 * j).view(view).to(x.device)
-        sat = (1 + (self._rand(n) - 0.5) * 0.4 * j).view(view).to(x.device)
-        grey = x.mean(dim=1, keepdim=True)
-        x = grey + (x - grey) * sat
-        mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
-        x = (x - mean) * contrast + mean + bright
+        bright = (self._rand(n) - 0.5) * 0.2 * j
+        contrast = 1 + (self._rand(n) - 0.5) * 0.3 * j
+        sat = 1 + (self._rand(n) - 0.5) * 0.4 * j
         # A small hue change: rotate colours about the grey axis by up to +-0.15 rad (Rodrigues). Any angle for
         # half the samples was tried (data/weights/README.md): wan lost 1.5 dB on chelsea and its eyes stayed brown.
         ang = (self._rand(n) - 0.5) * 0.3 * j
         k = torch.full((3,), 3 ** -0.5)
         kx = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
         c, s = torch.cos(ang)[:, None, None], torch.sin(ang)[:, None, None]
-        m = c * torch.eye(3) + s * kx + (1 - c) * torch.outer(k, k)
-        m = m.to(x.device, x.dtype)
-        x = torch.einsum("nij,nj...->ni...", m, x)
+        m = c * torch.eye(3) + s * kx + (1 - c) * torch.outer(k, k)  # (n, 3, 3)
+        params = _to_device(torch.cat([torch.stack([bright, contrast, sat], 1), m.flatten(1)], 1), x.device)
+        view = (n, 1) + (1,) * (x.dim() - 2)
+        bright, contrast, sat = (params[:, i].view(view).to(x.dtype) for i in range(3))
+        grey = x.mean(dim=1, keepdim=True)
+        x = grey + (x - grey) * sat
+        mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
+        x = (x - mean) * contrast + mean + bright
+        x = torch.einsum("nij,nj...->ni...", params[:, 3:].view(n, 3, 3).to(x.dtype), x)
         return x.clamp(-1, 1)
 
     def _window_params(self, H, W, size_h, size_w, frames):
         return _camera_path(H, W, frames, size_h, size_w, self.gen, min_scale=self.min_scale,
                             pan=0.0 if frames == 1 else 0.4, zoom=1.0 if frames == 1 else 1.3)
 
-    def _sample(self, idx: int, frames: int, height: int, width: int) -> torch.Tensor:
+    def _window(self, idx: int, frames: int, height: int, width: int):
+        """A random camera window over photo `idx`: (source image, (4, frames) CPU tensor of the centre and
+        half sizes in the source's pixels, flip)."""
         full, half = self.images[idx]
         H, W = full.shape[-2:]
         cy, cx, hh, hw = self._window_params(H, W, height, width, frames)
@@ -269,18 +279,23 @@ class TrainingPhotos:
         if zoom_out > 5:  # wider than the half-size copy can serve without aliasing
             src = _source_for(full, zoom_out)
             k = src.shape[-1] / W
-        d = self.device
-        out = _windows(src, (cy * k).to(d), (cx * k).to(d), (hh * k).to(d), (hw * k).to(d), height, width)
-        if float(self._rand(1)) < 0.5:
-            out = out.flip(-1)
-        return out.permute(1, 0, 2, 3)  # (3, F, h, w)
+        return src, torch.stack([cy, cx, hh, hw]) * k, float(self._rand(1)) < 0.5
+
+    def _batch(self, n: int, frames: int, height: int, width: int) -> torch.Tensor:
+        """(n, 3, frames, height, width) random windows, jittered. The window parameters go to the device in one
+        copy per batch: on CUDA a copy from pageable memory would wait for the queued training step."""
+        windows = [self._window(i, frames, height, width) for i in self._pick(n)]
+        params = _to_device(torch.stack([p for _, p, _ in windows]), self.device)  # (n, 4, frames)
+        out = []
+        for (src, _, flip), p in zip(windows, params):
+            w = _windows(src, *p, height, width)  # (frames, 3, h, w)
+            out.append((w.flip(-1) if flip else w).permute(1, 0, 2, 3))
+        return self._jitter(torch.stack(out), n)
 
     def images_batch(self, batch: int, size: int) -> torch.Tensor:
         """(batch, 3, size, size) random crops."""
-        x = torch.stack([self._sample(i, 1, size, size)[:, 0] for i in self._pick(batch)])
-        return self._jitter(x, batch)
+        return self._batch(batch, 1, size, size)[:, :, 0]
 
     def clips_batch(self, batch: int, frames: int, size: int) -> torch.Tensor:
         """(batch, 3, frames, size, size) synthetic camera-motion clips."""
-        x = torch.stack([self._sample(i, frames, size, size) for i in self._pick(batch)])
-        return self._jitter(x, batch)
+        return self._batch(batch, frames, size, size)
