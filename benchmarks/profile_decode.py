@@ -6,8 +6,8 @@ warm-up), its peak allocated memory, and its PSNR against the float32 decode of 
 
     python benchmarks/profile_decode.py --configs qwen-image:2048x2048,wan2.1:720x1280x21 --out prof.json
 
-Variants (comma-separated --variants): diffusers (vae.decode as shipped), diffusers:cudnn_benchmark (the same
-under torch.backends.cudnn.benchmark), diffusers_tiled (vae.enable_tiling(), its defaults), and workbench's strategies `full` and `tiled` (their defaults), optionally with speed levers
+Variants (comma-separated --variants): diffusers (vae.decode as shipped), diffusers_tiled (vae.enable_tiling(),
+its defaults), and workbench's strategies `full` and `tiled` (their defaults), optionally with speed levers
 from workbench.ops.vae.LEVERS joined by '+': `full:channels_last+causal_conv+fused_norm`, and strategy parameters
 after '@', joined by ';': `tiled:causal_conv+fused_norm@tile_batch=16;tile_px=512;stride_px=448`.
 --profile names the variants to run once more under torch.profiler: self device time per aten op, summed
@@ -71,11 +71,6 @@ def timed(fn, repeats: int):
 def variant_fn(name: str, vae, z):
     if name == "diffusers":
         return lambda: vae.decode(z).sample
-    if name == "diffusers:cudnn_benchmark":  # the same global flag as our lever, for a like-for-like reading
-        def run():
-            with optimized(vae, ["cudnn_benchmark"]):
-                return vae.decode(z).sample
-        return run
     if name == "diffusers_tiled":
         def run():
             vae.enable_tiling()

@@ -16,10 +16,6 @@ Levers (LEVERS):
   Triton on CUDA, float32 statistics, one rounding), in place of diffusers' float32 copy, norm, divide,
   cast, two multiplies and SiLU, or PyTorch's GroupNorm kernel (one block per group: 32 blocks for a
   whole 2048x2048 image). Decoder and encoder; single-device decodes only (shard refuses fused norms).
-- cudnn_benchmark: cuDNN times its algorithms for each new convolution shape and keeps the fastest
-  (torch.backends.cudnn.benchmark, for the block only), where by default it takes its heuristic's first pick.
-  The first decode at a new shape pays for the timing; a Wan decode meets a handful of shapes (the frame
-  chunks of each stage). The flag is the process's: other threads' convolutions see it during the block.
 - compile: torch.compile of the decoder module (one graph per frame shape); not for Wan2.2-TI2V.
 
 The model's state_dict and outputs' layout are unchanged; every lever is exact up to the kernels cuDNN or
@@ -147,16 +143,5 @@ def _fused_norm(vae):
         unfuse_norm_silu(vae)
 
 
-@contextmanager
-def _cudnn_benchmark(vae):
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
-
-
 _APPLY = {"channels_last": _channels_last, "causal_conv": _causal_conv, "fused_norm": _fused_norm,
-          "cudnn_benchmark": _cudnn_benchmark,
           "compile": _compile}

@@ -18,7 +18,7 @@ SHARD_OUTPUTS = ("rank0", "all", "sharded")
 SHARD_ATTENTIONS = ("local_queries", "all_queries")  # shard's mid-block attention
 PATCH_OUTPUTS = ("all", "rank0")
 NORM_STATS = ("sampled", "tile")  # tiled, parallel_tiled: a GroupNorm decoder's tile statistics (tile_stats.py)
-LEVERS = ("channels_last", "causal_conv", "fused_norm", "cudnn_benchmark", "compile")  # full and tiled: workbench.ops.vae.optimized
+LEVERS = ("channels_last", "causal_conv", "fused_norm", "compile")  # full and tiled: workbench.ops.vae.optimized
 SHARD_LEVERS = ("causal_conv", "fused_norm")  # shard: in its own halo convs; fused norms of RMS decoders only
 MODE_LEVERS = {"full": LEVERS, "tiled": LEVERS, "shard": SHARD_LEVERS}  # the `levers` each mode takes
 
