@@ -5,14 +5,17 @@
 One run per architecture family (see trained.FAMILIES): `wan` (Wan2.1 / Wan2.2-A14B / Qwen-Image /
 Qwen-Image-Edit, one architecture), `wan22` (Wan2.2-TI2V-5B: 48 channels, 2x2 patches, 16x) and `glm`
 (GLM-Image's AutoencoderKL). The encoder and decoder learn together: L1 + MSE reconstruction plus a
-small KL term, AdamW, linear warm-up then cosine decay, bf16 autocast on CUDA. The video families
-see single photos (1 frame) and synthetic camera-motion clips (5 and 9 frames) at every step, so
-the causal temporal path learns too. `chelsea` and `coffee` are never trained on.
+small KL term, AdamW, linear warm-up then cosine decay, bf16 autocast on CUDA. Every step sees a batch of
+photo crops; the video families add, every `clip_every` steps (DEFAULTS), a batch of synthetic
+camera-motion clips of 9 or 17 frames, so the causal temporal path learns too. `chelsea` and `coffee`
+are never trained on. On CUDA each step shape runs as a CUDA graph (TrainStep): the tiny models' steps
+are bound by kernel launches.
 
-A run is seeded. With `--seconds` it times its first steps and fixes the number of steps that fits;
-the card records it, and `--steps N` repeats that schedule exactly (GPU kernels may still differ in
-the last bits). Output: <family>.safetensors (fp16, whole VAE), <family>.json and <family>.md
-(the card), <family>_chelsea.png (input | reconstruction) and, for the video families, <family>_clip.png.
+A run is seeded. With `--seconds` the LR schedule follows the time spent, so a run stopped by its budget
+has finished its decay; the card records the steps made, and `--steps N` runs N steps on a schedule that
+follows the steps instead (the same shape, not bit for bit the same run). Output: <family>.safetensors
+(fp16, whole VAE), <family>.json and <family>.md (the card), <family>_chelsea.png (input |
+reconstruction) and, for the video families, <family>_clip.png.
 """
 
 from __future__ import annotations
@@ -349,7 +352,7 @@ Serves the tiny presets {', '.join(f'`{p}`' for p in card['presets'])} (their `t
   {t['optimizer']}, peak LR {t['lr']} ({t['schedule']}, {t['warmup']} warm-up steps), {t['loss']},
   {t['precision']}. Final training L1 (mean of the last logged steps): {t['final_l1']}.
 - Command: `{card['command']}`
-- Reproduce the same schedule: `{card['reproduce']}`
+- The same number of steps, on a step-based schedule: `{card['reproduce']}`
 
 ## Held-out PSNR (dB)
 
