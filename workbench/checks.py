@@ -146,13 +146,21 @@ def _dtype(dtype) -> None:
 
 def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool = True, dtype: str = "float32",
                  batch: int = 1, tile_px=None, stride_px=None, tile_frames=None, tile_batch=None, norm_stats=None,
-                 halo_latent=None, grid=None,
+                 mid_block=None, halo_latent=None, grid=None,
                  merge=None, output=None, attention=None, budget_gib=None, levers=None,
                  under_torchrun: bool = False) -> dict:
     """Every decode argument against the preset, the latent and the ranks; the checked strategy parameters."""
     from .models.presets import ModelError, get_preset
     from .models.shapes import latent_shape, parse_size
-    from .parallel.vae import MERGES, NORM_STATS, PARALLEL, SHARD_ATTENTIONS, SHARD_OUTPUTS, STRATEGIES
+    from .parallel.vae import (
+        MERGES,
+        MID_BLOCKS,
+        NORM_STATS,
+        PARALLEL,
+        SHARD_ATTENTIONS,
+        SHARD_OUTPUTS,
+        STRATEGIES,
+    )
     from .parallel.vae.plan import PlanError, plan_patches, plan_shards, plan_tiles
 
     try:
@@ -168,8 +176,15 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
     _positive("--tile-batch", tile_batch)
     if norm_stats is not None and norm_stats not in NORM_STATS:
         raise BadInput(f"--norm-stats: {norm_stats!r} is not accepted; accepted: {', '.join(NORM_STATS)}")
-    if (tile_batch is not None or norm_stats is not None) and not {"tiled", "parallel_tiled"} & set(modes):
-        raise BadInput("--tile-batch and --norm-stats apply to tiled and parallel_tiled; add one of them to --mode")
+    if mid_block is not None and mid_block not in MID_BLOCKS:
+        raise BadInput(f"--mid-block: {mid_block!r} is not accepted; accepted: {', '.join(MID_BLOCKS)}")
+    if mid_block == "global" and preset.latent_ndim == 5:
+        raise BadInput(f"--mid-block global needs an image decoder (glm-image); {preset.name}'s causal decoder runs "
+                       f"its stem per tile: use --mid-block tile or auto")
+    if (tile_batch is not None or norm_stats is not None or mid_block is not None) \
+            and not {"tiled", "parallel_tiled"} & set(modes):
+        raise BadInput("--tile-batch, --norm-stats and --mid-block apply to tiled and parallel_tiled; add one of them "
+                       "to --mode")
     _positive("--halo", halo_latent, 0)
     if budget_gib is not None and budget_gib <= 0:
         raise BadInput(f"--budget-gib must be > 0 (GiB per device), got {budget_gib}")
@@ -209,8 +224,11 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
     if grid is not None and not {"shard", "patch"} & set(modes):
         raise BadInput("--grid applies to patch and shard only; add one of them to --mode or drop --grid")
     levers = _levers(levers, modes, preset)
+    if mid_block == "global" and "compile" in (levers or ()):
+        raise BadInput("--mid-block global passes the decoder's stem through, which a compiled decoder cannot: drop "
+                       "compile from --levers or use --mid-block auto")
     params = {"tile_px": tile_px, "stride_px": stride_px, "tile_frames": tile_frames, "tile_batch": tile_batch,
-              "norm_stats": norm_stats, "halo_latent": halo_latent,
+              "norm_stats": norm_stats, "mid_block": mid_block, "halo_latent": halo_latent,
               "merge": merge, "output": output, "attention": attention, "memory_budget_gib": budget_gib, "grid": grid,
               "levers": levers}
     return {k: v for k, v in params.items() if v is not None}

@@ -50,6 +50,10 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norm-stats", default=None,
                    help="tiled and parallel_tiled, GroupNorm decoders (glm-image): sampled (default: whole-image "
                         "statistics from a subsampled decode) or tile (each tile's own)")
+    p.add_argument("--mid-block", default=None,
+                   help="tiled and parallel_tiled: global (the decoder's conv_in and mid-block once over the whole "
+                        "latent, image decoders: glm-image), tile (per tile, as diffusers) or auto (default: global "
+                        "where supported)")
     p.add_argument("--halo", type=int, default=None, dest="halo_latent", help="patch halo in latent rows (default: SGLang's, half the tile overlap: 4 for 256/192 px at 8x)")
     p.add_argument("--grid", default=None, help="RxC grid for patch and shard (default: as square as possible)")
     p.add_argument("--merge", default=None, help="parallel_tiled merge: allgather, rank0, rank0-only")
@@ -149,7 +153,7 @@ def _check_decode(args, modes: list[str]) -> tuple[dict, int]:
     size = args.size or _default_size(args)
     params = checks.check_decode(model=args.model, size=size, modes=modes, world=world, tiny=args.tiny,
                                  dtype=args.dtype, batch=args.batch, tile_px=args.tile_px, stride_px=args.stride_px,
-                                 tile_frames=args.tile_frames, tile_batch=args.tile_batch, norm_stats=args.norm_stats,
+                                 tile_frames=args.tile_frames, tile_batch=args.tile_batch, norm_stats=args.norm_stats, mid_block=args.mid_block,
                                  halo_latent=args.halo_latent, grid=args.grid, merge=args.merge, output=args.output, attention=args.attention, budget_gib=args.budget_gib,
                                  levers=args.levers, under_torchrun=checks.under_torchrun())
     if args.output == "sharded":  # each rank writes its block to --out (workbench.blocks), nothing is gathered
@@ -241,7 +245,7 @@ def cmd_bench(args) -> int:
     _positive_args(args, repeats=1, warmup=0)
     params = checks.check_decode(model=configs[0][0], size=configs[0][1], modes=modes, world=2, tiny=args.tiny,
                                  dtype=args.dtype, tile_px=args.tile_px, stride_px=args.stride_px,
-                                 tile_frames=args.tile_frames, tile_batch=args.tile_batch, norm_stats=args.norm_stats,
+                                 tile_frames=args.tile_frames, tile_batch=args.tile_batch, norm_stats=args.norm_stats, mid_block=args.mid_block,
                                  halo_latent=args.halo_latent, grid=args.grid, merge=args.merge, output=args.output, attention=args.attention, budget_gib=args.budget_gib,
                                  levers=args.levers, under_torchrun=True) if configs else {}
     from .report import bench_rows, bench_table, write_bench  # torch: after the checks

@@ -40,6 +40,7 @@ class DecodeContext:
 
 from . import (  # noqa: E402
     MERGES,
+    MID_BLOCKS,
     MODE_LEVERS,
     NORM_STATS,
     PARALLEL,
@@ -52,8 +53,8 @@ from . import (  # noqa: E402
 
 # The parameters whose values are a fixed set, per mode.
 CHOICES = {
-    "tiled": {"norm_stats": NORM_STATS},
-    "parallel_tiled": {"merge": MERGES, "norm_stats": NORM_STATS},
+    "tiled": {"norm_stats": NORM_STATS, "mid_block": MID_BLOCKS},
+    "parallel_tiled": {"merge": MERGES, "norm_stats": NORM_STATS, "mid_block": MID_BLOCKS},
     "patch": {"output": PATCH_OUTPUTS},
     "shard": {"output": SHARD_OUTPUTS, "attention": SHARD_ATTENTIONS},
 }

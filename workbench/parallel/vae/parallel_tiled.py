@@ -17,54 +17,43 @@ from tqdm.auto import tqdm
 from . import MERGES  # noqa: E402
 from .blend import blend_into
 from .plan import frame_windows, plan_tiles
+from .stem import resolve_mid_block, run_stem, stem_passed_through
 from .tile_stats import normalised_by
 from .tiled import check_tiling, tile_norm_stats, used_stride
 
 
 def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192,
                           tile_frames: int | None = None, merge: str = "allgather", tile_batch: int = 1,
-                          norm_stats: str = "sampled"):
-    """`tiled`'s tiles over the ranks (see the module's docstring); `tile_batch` and `norm_stats` as for `tiled`:
-    every rank batches its own tiles and computes the same sampled GroupNorm statistics."""
+                          norm_stats: str = "sampled", mid_block: str = "auto"):
+    """`tiled`'s tiles over the ranks (see the module's docstring); `tile_batch`, `norm_stats` and `mid_block` as
+    for `tiled`: every rank batches its own tiles and computes the same global stem and sampled statistics."""
     if merge not in MERGES:
         raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
     check_tiling(tile_batch, norm_stats)
     fd, comm = ctx.fd, ctx.comm
+    resolve_mid_block(fd, mid_block)
     z5 = fd.as_5d(z)
     plan = plan_tiles(z5.shape[2:], scale=fd.spatial_ratio, tile_px=tile_px, stride_px=stride_px).assign(comm.world_size)
     windows = frame_windows(z5.shape[2], tile_frames, fd.temporal_ratio)
     out_shape = fd.output_shape(z5.shape)
     blends_here = merge == "allgather" or comm.rank == 0
     out = torch.zeros(out_shape, dtype=torch.float32, device=z.device) if blends_here else None
-    x = fd.prepare(z5)
     mine = plan.owned_by(comm.rank)
-    stats, info = tile_norm_stats(ctx, x, plan, norm_stats)
     caches = {}
-    b, c = out_shape[:2]
-    with normalised_by(fd.vae.decoder, stats), \
-            tqdm(total=len(windows) * len(mine), desc=f"rank {comm.rank} tiles", disable=not ctx.progress, leave=False) as bar:
-        for w, window in enumerate(windows):
-            last = w == len(windows) - 1
-            decoded = []
-            for _, pixels in fd.decode_window(x, mine, window, caches, last, ctx.measure, tile_batch):
-                decoded.append(pixels)
-                bar.update()
-            frames = window.pixel.size
-            numel = {t.index: b * c * frames * t.rows_px.size * t.cols_px.size for t in plan.items}
-            per_rank = [sum(numel[t.index] for t in plan.owned_by(r)) for r in range(comm.world_size)]
-            flat = torch.cat([d.reshape(-1) for d in decoded]) if decoded else x.new_empty(0)
-            with ctx.measure.phase("gather"):
-                if merge == "allgather":
-                    parts = comm.all_gather_padded(flat, per_rank)
-                else:
-                    parts = comm.gather_padded(flat, per_rank, dst=0)
-            del decoded, flat
-            if parts is not None:
-                with ctx.measure.phase("blend"):
-                    tiles = _unpack(plan, parts, numel, (b, c, frames))
-                    for tile in plan.items:  # plan order: the serial decode's arithmetic
-                        blend_into(out, tile, tiles[tile.index], window.pixel)
-                del parts, tiles
+    x = fd.prepare(z5)
+    stem, stem_info = run_stem(ctx, x, mid_block)
+    stats, info = tile_norm_stats(ctx, x, plan, norm_stats)  # the whole decoder on the subsampled latent
+    with normalised_by(fd.vae.decoder, stats), stem_passed_through(fd.vae.decoder, stem is not None):
+        x = x if stem is None else stem  # what the tiles decode from
+        with tqdm(total=len(windows) * len(mine), desc=f"rank {comm.rank} tiles", disable=not ctx.progress,
+                     leave=False) as bar:
+            for w, window in enumerate(windows):
+                last = w == len(windows) - 1
+                decoded = []
+                for _, pixels in fd.decode_window(x, mine, window, caches, last, ctx.measure, tile_batch):
+                    decoded.append(pixels)
+                    bar.update()
+                _merge_window(ctx, plan, window, decoded, out, out_shape, merge, x)
     result = fd.finish(out.to(fd.dtype)) if out is not None else None
     if merge == "rank0":
         with ctx.measure.phase("broadcast"):
@@ -74,8 +63,31 @@ def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px
             result = comm.broadcast(result, src=0)
     work = plan.work_by_rank(comm.world_size)
     return result, plan, {"tiles": len(plan.items), "windows": len(windows), "merge": merge,
-                          **used_stride(plan, stride_px), **info,
+                          **used_stride(plan, stride_px), **stem_info, **info,
                           "imbalance": max(work) / (sum(work) / len(work)) if sum(work) else 1.0}
+
+
+def _merge_window(ctx, plan, window, decoded: list, out, out_shape, merge: str, x) -> None:
+    """Move one window's decoded tiles between the ranks (as one flat tensor per rank, whose size every rank
+    computes from the plan) and blend them into `out` in plan order, where this rank blends."""
+    comm = ctx.comm
+    b, c = out_shape[:2]
+    frames = window.pixel.size
+    numel = {t.index: b * c * frames * t.rows_px.size * t.cols_px.size for t in plan.items}
+    per_rank = [sum(numel[t.index] for t in plan.owned_by(r)) for r in range(comm.world_size)]
+    flat = torch.cat([d.reshape(-1) for d in decoded]) if decoded else x.new_empty(0)
+    decoded.clear()
+    with ctx.measure.phase("gather"):
+        if merge == "allgather":
+            parts = comm.all_gather_padded(flat, per_rank)
+        else:
+            parts = comm.gather_padded(flat, per_rank, dst=0)
+    del flat
+    if parts is not None:
+        with ctx.measure.phase("blend"):
+            tiles = _unpack(plan, parts, numel, (b, c, frames))
+            for tile in plan.items:  # plan order: the serial decode's arithmetic
+                blend_into(out, tile, tiles[tile.index], window.pixel)
 
 
 def _unpack(plan, parts, numel, lead) -> dict:

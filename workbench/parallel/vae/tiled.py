@@ -8,11 +8,12 @@ from tqdm.auto import tqdm
 from ...ops.vae import optimized
 from .blend import blend_into
 from .plan import frame_windows, plan_tiles
+from .stem import resolve_mid_block, run_stem, stem_passed_through
 from .tile_stats import NORM_STATS, group_norms, normalised_by, sampled_stats, subsample_step
 
 
 def decode_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192, tile_frames: int | None = None,
-                 tile_batch: int = 1, norm_stats: str = "sampled", levers: tuple = ()):
+                 tile_batch: int = 1, norm_stats: str = "sampled", mid_block: str = "auto", levers: tuple = ()):
     """Overlapping spatial tiles blended with linear ramps; videos optionally in windows of frames.
 
     `tile_frames` (latent frames per window; None = all) bounds how much of each tile's video is in
@@ -22,11 +23,15 @@ def decode_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 1
     summation order). `norm_stats`: "sampled" normalises a GroupNorm decoder's tiles with whole-image
     statistics from one decode of the latent subsampled to a tile's size (tile_stats.py), "tile" with
     each tile's own; decoders without GroupNorm are the same either way and make no extra decode.
+    `mid_block`: "global" runs the decoder's conv_in and mid-block (its global attention) once over the whole
+    latent and only the up blocks per tile (stem.py); "tile" runs the whole decoder per tile, as diffusers
+    does; "auto" (default) is "global" where the decoder supports it (image decoders), else "tile".
     `levers`: speed levers for the tiles' decodes (workbench.ops.vae.LEVERS).
     """
     check_tiling(tile_batch, norm_stats)
     with optimized(ctx.fd.vae, levers):
-        return _decode_tiles(ctx, z, tile_px, stride_px, tile_frames, tile_batch, norm_stats)
+        resolve_mid_block(ctx.fd, mid_block)  # before any work (the compile lever changes the answer)
+        return _decode_tiles(ctx, z, tile_px, stride_px, tile_frames, tile_batch, norm_stats, mid_block)
 
 
 def check_tiling(tile_batch: int, norm_stats: str) -> None:
@@ -37,26 +42,29 @@ def check_tiling(tile_batch: int, norm_stats: str) -> None:
 
 
 def _decode_tiles(ctx, z: torch.Tensor, tile_px: int, stride_px: int, tile_frames: int | None, tile_batch: int,
-                  norm_stats: str):
+                  norm_stats: str, mid_block: str):
     fd = ctx.fd
     z5 = fd.as_5d(z)
     plan = plan_tiles(z5.shape[2:], scale=fd.spatial_ratio, tile_px=tile_px, stride_px=stride_px)
     windows = frame_windows(z5.shape[2], tile_frames, fd.temporal_ratio)
     out = torch.zeros(fd.output_shape(z5.shape), dtype=torch.float32, device=z.device)
-    x = fd.prepare(z5)
-    stats, info = tile_norm_stats(ctx, x, plan, norm_stats)
     caches = {}
-    with normalised_by(fd.vae.decoder, stats), \
-            tqdm(total=len(windows) * len(plan.items), desc="tiles", disable=not ctx.progress, leave=False) as bar:
-        for w, window in enumerate(windows):
-            last = w == len(windows) - 1
-            for tile, pixels in fd.decode_window(x, plan.items, window, caches, last, ctx.measure, tile_batch):
-                with ctx.measure.phase("blend"):
-                    blend_into(out, tile, pixels, window.pixel)
-                del pixels
-                bar.update()
+    x = fd.prepare(z5)
+    stem, stem_info = run_stem(ctx, x, mid_block)
+    stats, info = tile_norm_stats(ctx, x, plan, norm_stats)  # the whole decoder on the subsampled latent
+    with normalised_by(fd.vae.decoder, stats), stem_passed_through(fd.vae.decoder, stem is not None):
+        x = x if stem is None else stem  # what the tiles decode from
+        with tqdm(total=len(windows) * len(plan.items), desc="tiles", disable=not ctx.progress, leave=False) as bar:
+            for w, window in enumerate(windows):
+                last = w == len(windows) - 1
+                for tile, pixels in fd.decode_window(x, plan.items, window, caches, last, ctx.measure, tile_batch):
+                    with ctx.measure.phase("blend"):
+                        blend_into(out, tile, pixels, window.pixel)
+                    del pixels
+                    bar.update()
     out = fd.finish(out.to(fd.dtype))
-    return out, plan, {"tiles": len(plan.items), "windows": len(windows), **used_stride(plan, stride_px), **info}
+    return out, plan, {"tiles": len(plan.items), "windows": len(windows), **used_stride(plan, stride_px),
+                       **stem_info, **info}
 
 
 def tile_norm_stats(ctx, x: torch.Tensor, plan, norm_stats: str):
