@@ -42,11 +42,12 @@ def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px
     caches = {}
     x = fd.prepare(z5)
     stem, stem_info = run_stem(ctx, x, mid_block)
-    stats, info = tile_norm_stats(ctx, x, plan, norm_stats)  # the whole decoder on the subsampled latent
-    with normalised_by(fd.vae.decoder, stats), stem_passed_through(fd.vae.decoder, stem is not None):
-        x = x if stem is None else stem  # what the tiles decode from
-        with tqdm(total=len(windows) * len(mine), desc=f"rank {comm.rank} tiles", disable=not ctx.progress,
-                     leave=False) as bar:
+    with stem_passed_through(fd.vae.decoder, stem is not None):
+        x = x if stem is None else stem  # what the tiles decode from: the latent, or the stem's output
+        stats, info = tile_norm_stats(ctx, x, plan, norm_stats)  # the decoder after the stem on x, subsampled
+        bar = tqdm(total=len(windows) * len(mine), desc=f"rank {comm.rank} tiles", disable=not ctx.progress,
+                   leave=False)
+        with normalised_by(fd.vae.decoder, stats), bar:
             for w, window in enumerate(windows):
                 last = w == len(windows) - 1
                 decoded = []

@@ -51,10 +51,11 @@ def _decode_tiles(ctx, z: torch.Tensor, tile_px: int, stride_px: int, tile_frame
     caches = {}
     x = fd.prepare(z5)
     stem, stem_info = run_stem(ctx, x, mid_block)
-    stats, info = tile_norm_stats(ctx, x, plan, norm_stats)  # the whole decoder on the subsampled latent
-    with normalised_by(fd.vae.decoder, stats), stem_passed_through(fd.vae.decoder, stem is not None):
-        x = x if stem is None else stem  # what the tiles decode from
-        with tqdm(total=len(windows) * len(plan.items), desc="tiles", disable=not ctx.progress, leave=False) as bar:
+    with stem_passed_through(fd.vae.decoder, stem is not None):
+        x = x if stem is None else stem  # what the tiles decode from: the latent, or the stem's output
+        stats, info = tile_norm_stats(ctx, x, plan, norm_stats)  # the decoder after the stem on x, subsampled
+        bar = tqdm(total=len(windows) * len(plan.items), desc="tiles", disable=not ctx.progress, leave=False)
+        with normalised_by(fd.vae.decoder, stats), bar:
             for w, window in enumerate(windows):
                 last = w == len(windows) - 1
                 for tile, pixels in fd.decode_window(x, plan.items, window, caches, last, ctx.measure, tile_batch):
@@ -69,7 +70,7 @@ def _decode_tiles(ctx, z: torch.Tensor, tile_px: int, stride_px: int, tile_frame
 
 def tile_norm_stats(ctx, x: torch.Tensor, plan, norm_stats: str):
     """(GroupNorm statistics for the tiles or None, what was done for the record): with "sampled", from one
-    decode of the prepared latent x (B, C, T, H, W) subsampled to the requested tile size, for image decoders
+    decode of x (B, C, T, H, W: the prepared latent, or the global stem's output through the rest) subsampled to the requested tile size, for image decoders
     with GroupNorm whose latent is larger than one tile. Every rank computes the same."""
     fd = ctx.fd
     step = subsample_step(x.shape[-2:], (plan.tile_latent, plan.tile_latent))  # the requested tile: its memory
