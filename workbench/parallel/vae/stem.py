@@ -5,9 +5,10 @@ The mid-block holds a self-attention over every latent position, so each of its 
 whole latent. A tile decoded whole (diffusers' enable_tiling, and `tiled` with mid_block="tile") sees only
 its own latent there: its error spreads over the whole tile, not only near the tile's edges where the
 blend hides it. The stem works at latent resolution, where it is cheap (GLM-Image at 2048x2048: 256x256
-positions, 1/64 of the output's pixels), so it runs once, exactly as in the full decode; its output, cropped like the latent, feeds each tile's up blocks. What remains of the tiling
-error is the up blocks' receptive field, near the edges, and their GroupNorm statistics (`norm_stats`:
-"sampled" runs the up blocks once on the stem's output subsampled to a tile's size).
+positions, 1/64 of the output's pixels), so it runs once, exactly as in the full decode; its output,
+cropped like the latent, feeds each tile's up blocks. What remains of the tiling error is the up blocks'
+receptive field, near the edges, and their GroupNorm statistics (`norm_stats`: "sampled" runs the up
+blocks once on the stem's output subsampled to a tile's size).
 
 For image decoders (diffusers' vae.Decoder: AutoencoderKL, GLM-Image). The causal video decoders (Wan,
 Qwen-Image) run their stem frame by frame with a frame cache, and keep the per-tile stem for now.

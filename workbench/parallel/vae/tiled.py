@@ -70,8 +70,9 @@ def _decode_tiles(ctx, z: torch.Tensor, tile_px: int, stride_px: int, tile_frame
 
 def tile_norm_stats(ctx, x: torch.Tensor, plan, norm_stats: str):
     """(GroupNorm statistics for the tiles or None, what was done for the record): with "sampled", from one
-    decode of x (B, C, T, H, W: the prepared latent, or the global stem's output through the rest) subsampled to the requested tile size, for image decoders
-    with GroupNorm whose latent is larger than one tile. Every rank computes the same."""
+    decode of x (B, C, T, H, W: the prepared latent, or the global stem's output, which the decoder then takes
+    with its stem passed through) subsampled to the requested tile size, for image decoders with GroupNorm whose
+    latent is larger than one tile. Every rank computes the same."""
     fd = ctx.fd
     step = subsample_step(x.shape[-2:], (plan.tile_latent, plan.tile_latent))  # the requested tile: its memory
     if norm_stats != "sampled" or fd.causal or step == 1 or not group_norms(fd.vae.decoder):
