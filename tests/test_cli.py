@@ -33,7 +33,6 @@ def test_decode_prints_a_table_and_writes_images(tmp_path, capsys):
     (["--dtype", "fp64"], "unknown dtype 'fp64'; accepted: float32, bfloat16, float16"),
     (["--mode", "tiled", "--tile", "100"], "tile_px must be a positive multiple of the spatial ratio 8"),
     (["--mode", "tiled", "--mid-block", "once"], "--mid-block: 'once' is not accepted; accepted: auto, global, tile"),
-    (["--mode", "tiled", "--mid-block", "global"], "--mid-block global needs an image decoder (glm-image)"),
     (["--model", "glm-image", "--mode", "full", "--mid-block", "tile"], "--mid-block apply to tiled and parallel_tiled"),
     (["--model", "glm-image", "--mode", "tiled", "--mid-block", "global", "--levers", "compile"],
      "--mid-block global passes the decoder's stem through"),

@@ -178,9 +178,6 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
         raise BadInput(f"--norm-stats: {norm_stats!r} is not accepted; accepted: {', '.join(NORM_STATS)}")
     if mid_block is not None and mid_block not in MID_BLOCKS:
         raise BadInput(f"--mid-block: {mid_block!r} is not accepted; accepted: {', '.join(MID_BLOCKS)}")
-    if mid_block == "global" and preset.latent_ndim == 5:
-        raise BadInput(f"--mid-block global needs an image decoder (glm-image); {preset.name}'s causal decoder runs "
-                       f"its stem per tile: use --mid-block tile or auto")
     if (tile_batch is not None or norm_stats is not None or mid_block is not None) \
             and not {"tiled", "parallel_tiled"} & set(modes):
         raise BadInput("--tile-batch, --norm-stats and --mid-block apply to tiled and parallel_tiled; add one of them "

@@ -52,8 +52,8 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
                         "statistics from a subsampled decode) or tile (each tile's own)")
     p.add_argument("--mid-block", default=None,
                    help="tiled and parallel_tiled: global (the decoder's conv_in and mid-block once over the whole "
-                        "latent, image decoders: glm-image), tile (per tile, as diffusers) or auto (default: global "
-                        "where supported)")
+                        "latent, the tiles run the up blocks), tile (the whole decoder per tile, as diffusers) or auto "
+                        "(default: global, unless the decoder is compiled)")
     p.add_argument("--halo", type=int, default=None, dest="halo_latent", help="patch halo in latent rows (default: SGLang's, half the tile overlap: 4 for 256/192 px at 8x)")
     p.add_argument("--grid", default=None, help="RxC grid for patch and shard (default: as square as possible)")
     p.add_argument("--merge", default=None, help="parallel_tiled merge: allgather, rank0, rank0-only")

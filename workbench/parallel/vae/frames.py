@@ -97,14 +97,18 @@ class FrameDecoder:
         `cache` carries the causal frame cache from the previous window of the same region; `first`
         says the window starts at latent frame 0 (the Wan decoder emits one frame for it, not four).
         """
+        return self._unpatchify(self.run_decoder(x, cache, first))
+
+    def run_decoder(self, x: torch.Tensor, cache: list | None, first: bool) -> torch.Tensor:
+        """The decoder module over latent frames (B, C, t, h, w), frame by frame for the causal ones -> its output
+        (B, C_out, frames, ...), before unpatchify (the global stem runs a cut-down decoder through this)."""
         if not self.causal:
             return self.vae.decoder(x[:, :, 0]).unsqueeze(2)
         outs = []
         for i in range(x.shape[2]):
             kwargs = {"first_chunk": first and i == 0} if self._first_chunk else {}
             outs.append(self.vae.decoder(x[:, :, i : i + 1], feat_cache=cache, feat_idx=[0], **kwargs))
-        y = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-        return self._unpatchify(y)
+        return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
     def decode_window(self, x: torch.Tensor, tiles, window, caches: dict, last: bool, measure, batch: int = 1,
                       on_group=None):

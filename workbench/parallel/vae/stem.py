@@ -1,17 +1,20 @@
 """Tiles after a global stem: the decoder's conv_in and mid-block run once over the whole latent, the tiles
 run only the up blocks and the head.
 
-The mid-block holds a self-attention over every latent position, so each of its outputs depends on the
-whole latent. A tile decoded whole (diffusers' enable_tiling, and `tiled` with mid_block="tile") sees only
-its own latent there: its error spreads over the whole tile, not only near the tile's edges where the
-blend hides it. The stem works at latent resolution, where it is cheap (GLM-Image at 2048x2048: 256x256
-positions, 1/64 of the output's pixels), so it runs once, exactly as in the full decode; its output,
-cropped like the latent, feeds each tile's up blocks. What remains of the tiling error is the up blocks'
-receptive field, near the edges, and their GroupNorm statistics (`norm_stats`: "sampled" runs the up
-blocks once on the stem's output subsampled to a tile's size).
+The mid-block holds a self-attention over every latent position of a frame, so each of its outputs
+depends on the whole frame. A tile decoded whole (diffusers' enable_tiling, and `tiled` with
+mid_block="tile") sees only its own latent there: its error spreads over the whole tile, not only near the
+tile's edges where the blend hides it. The stem works at latent resolution, where it is cheap (GLM-Image at
+2048x2048: 256x256 positions, 1/64 of the output's pixels), so it runs once, exactly as in the full
+decode; its output, cropped like the latent, feeds each tile's up blocks. What remains of the tiling
+error is the up blocks' receptive field, near the edges, and their GroupNorm statistics (`norm_stats`:
+"sampled" runs the up blocks once on the stem's output subsampled to a tile's size).
 
-For image decoders (diffusers' vae.Decoder: AutoencoderKL, GLM-Image). The causal video decoders (Wan,
-Qwen-Image) run their stem frame by frame with a frame cache, and keep the per-tile stem for now.
+Both decoder layouts of diffusers: vae.Decoder (AutoencoderKL, GLM-Image; head conv_norm_out, conv_act,
+conv_out) and the causal Wan / Qwen-Image decoders (head norm_out, nonlinearity, conv_out), whose stem runs
+frame by frame with its own frame cache. The stem is the decoder itself with its up blocks removed and its
+head passed through; the tiles run the decoder with conv_in and mid_block passed through (the causal
+decoders then number their frame-cache slots from the up blocks on, the same way in every chunk).
 """
 
 from __future__ import annotations
@@ -23,20 +26,27 @@ from torch import nn
 
 from . import MID_BLOCKS  # auto: global where the decoder supports it, else tile
 
+_HEADS = (("norm_out", "nonlinearity", "conv_out"), ("conv_norm_out", "conv_act", "conv_out"))  # causal, image
+_STEM = ("conv_in", "mid_block")
+
 
 class _PassThrough(nn.Module):
-    """Where a stem module was while the tiles decode: returns its input (the stem output, cropped)."""
+    """Where a decoder module was while it is cut: returns its input."""
 
     def forward(self, x, *args, **kwargs):
         return x
 
 
+def _head(decoder) -> tuple[str, ...] | None:
+    return next((names for names in _HEADS if all(hasattr(decoder, n) for n in names)), None)
+
+
 def supports_global_stem(fd) -> bool:
-    """diffusers' vae.Decoder layout: conv_in -> mid_block -> up_blocks -> head, no frame cache, and not compiled
-    (the compile lever's graph holds the stem: it cannot be passed through)."""
+    """conv_in -> mid_block -> up_blocks -> a known head, and not compiled (the compile lever's graph holds the
+    whole decoder: its parts cannot be passed through)."""
     decoder = fd.vae.decoder
-    return (not fd.causal and not hasattr(decoder, "_orig_mod")
-            and all(hasattr(decoder, m) for m in ("conv_in", "mid_block", "up_blocks")))
+    return (not hasattr(decoder, "_orig_mod") and all(hasattr(decoder, n) for n in (*_STEM, "up_blocks"))
+            and _head(decoder) is not None)
 
 
 def resolve_mid_block(fd, mid_block: str) -> str:
@@ -47,19 +57,33 @@ def resolve_mid_block(fd, mid_block: str) -> str:
     if mid_block == "auto":
         return "global" if supports_global_stem(fd) else "tile"
     if mid_block == "global" and not supports_global_stem(fd):
-        raise ValueError(f"mid_block='global' needs an image decoder (AutoencoderKL, GLM-Image), not compiled; "
-                         f"this {type(fd.vae).__name__} runs its stem per tile: use mid_block='tile' or 'auto'")
+        raise ValueError(f"mid_block='global' needs diffusers' decoder layout, not compiled; this "
+                         f"{type(fd.vae).__name__}'s decoder runs its stem per tile: use mid_block='tile' or 'auto'")
     return mid_block
 
 
+@contextmanager
+def _replaced(decoder, modules: dict):
+    saved = {name: getattr(decoder, name) for name in modules}
+    for name, module in modules.items():
+        setattr(decoder, name, module)
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            setattr(decoder, name, module)
+
+
 def run_stem(ctx, x: torch.Tensor, mid_block: str) -> tuple[torch.Tensor | None, dict]:
-    """(The stem's output (B, C_mid, 1, H, W) of the prepared latent x (B, C, 1, H, W), timed as phase "stem", or
+    """(The stem's output (B, C_mid, T, H, W) of the prepared latent x (B, C, T, H, W), timed as phase "stem", or
     None with "tile"; the record). Every rank of parallel_tiled computes the same."""
-    if resolve_mid_block(ctx.fd, mid_block) == "tile":
+    fd = ctx.fd
+    if resolve_mid_block(fd, mid_block) == "tile":
         return None, {"mid_block": "tile"}
-    decoder = ctx.fd.vae.decoder
-    with ctx.measure.phase("stem"):
-        h = decoder.mid_block(decoder.conv_in(x[:, :, 0]), None).unsqueeze(2)
+    decoder = fd.vae.decoder
+    cut = {"up_blocks": nn.ModuleList(), **{name: _PassThrough() for name in _head(decoder)}}
+    with ctx.measure.phase("stem"), _replaced(decoder, cut):
+        h = fd.run_decoder(x, fd.new_cache(x.shape[2]), first=True)  # (B, C_mid, T, H, W)
     return h, {"mid_block": "global"}
 
 
@@ -70,11 +94,5 @@ def stem_passed_through(decoder, enabled: bool = True):
     if not enabled:
         yield
         return
-    stem = {name: getattr(decoder, name) for name in ("conv_in", "mid_block")}
-    for name in stem:
-        setattr(decoder, name, _PassThrough())
-    try:
+    with _replaced(decoder, {name: _PassThrough() for name in _STEM}):
         yield
-    finally:
-        for name, module in stem.items():
-            setattr(decoder, name, module)

@@ -23,9 +23,9 @@ def decode_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 1
     summation order). `norm_stats`: "sampled" normalises a GroupNorm decoder's tiles with whole-image
     statistics from one decode of the latent subsampled to a tile's size (tile_stats.py), "tile" with
     each tile's own; decoders without GroupNorm are the same either way and make no extra decode.
-    `mid_block`: "global" runs the decoder's conv_in and mid-block (its global attention) once over the whole
-    latent and only the up blocks per tile (stem.py); "tile" runs the whole decoder per tile, as diffusers
-    does; "auto" (default) is "global" where the decoder supports it (image decoders), else "tile".
+    `mid_block`: "global" runs the decoder's conv_in and mid-block (its attention over the whole frame) once
+    over the whole latent and only the up blocks per tile (stem.py); "tile" runs the whole decoder per tile,
+    as diffusers does; "auto" (default) is "global" where the decoder allows it (not compiled), else "tile".
     `levers`: speed levers for the tiles' decodes (workbench.ops.vae.LEVERS).
     """
     check_tiling(tile_batch, norm_stats)
