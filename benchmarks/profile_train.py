@@ -21,7 +21,7 @@ from contextlib import nullcontext
 import torch
 
 from workbench.models.photos import TrainingPhotos
-from workbench.models.train import DEFAULTS, TrainStep, _is_video, _set_lr, build_tiny
+from workbench.models.train import DEFAULTS, TrainStep, _is_video, _set_lr, build_tiny, make_optimizer
 from workbench.ops.vae import optimized
 
 
@@ -51,9 +51,7 @@ def profile(family: str, graphs: bool, steps: int, batch: int | None, lr: float 
     vae, preset = build_tiny(family, 0)
     vae = vae.to(device).train()
     video = _is_video(preset)
-    cuda = device.type == "cuda"
-    opt = torch.optim.AdamW(vae.parameters(), lr=torch.tensor(lr, device=device) if cuda else lr,
-                            betas=(0.9, 0.99), weight_decay=1e-4, capturable=cuda)
+    opt = make_optimizer(vae, lr, device)
     data = TrainingPhotos(device=device, seed=0)
     run = TrainStep(vae, opt, 1e-5, device, graphs=graphs)
     out = {"graphs": run.graphs, "batch": cfg["batch"], "size": cfg["size"], "shapes": {}}

@@ -177,12 +177,11 @@ def test_train_step_reads_its_lr(graphs):
     """A training step at LR 0 leaves the weights as they were (AdamW's decay scales with the LR); at the
     training LR it moves them and lowers the loss on a repeated batch. With graphs, the captured AdamW must read
     the LR from its tensor, not from the value at capture."""
-    from workbench.models.train import TrainStep, _set_lr, build_tiny
+    from workbench.models.train import TrainStep, _set_lr, build_tiny, make_optimizer
 
     device = torch.device("cuda" if graphs else "cpu")
     vae = build_tiny("glm")[0].to(device).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=torch.tensor(1e-3, device=device) if graphs else 1e-3,
-                            weight_decay=1e-4, capturable=graphs)
+    opt = make_optimizer(vae, 1e-3, device)
     step = TrainStep(vae, opt, 1e-5, device, graphs=graphs)
     x = TrainingPhotos(device=device, seed=1).images_batch(2, 32)
     losses = [float(step(x)[0]) for _ in range(step.warmup + 3)]  # eager warm-up, capture, replays

@@ -136,6 +136,14 @@ class TrainStep:
         return outputs
 
 
+def make_optimizer(vae, lr: float, device: torch.device) -> torch.optim.AdamW:
+    """The training's AdamW. On CUDA its LR is a tensor and its state lives on the GPU (capturable), so that a
+    step can be a CUDA graph (TrainStep) whose LR `_set_lr` still changes."""
+    cuda = device.type == "cuda"
+    return torch.optim.AdamW(vae.parameters(), lr=torch.tensor(lr, device=device) if cuda else lr,
+                             betas=(0.9, 0.99), weight_decay=1e-4, capturable=cuda)
+
+
 def _set_lr(opt, lr: float) -> None:
     """In place where the LR is a tensor (CUDA graphs read it from its address)."""
     for g in opt.param_groups:
@@ -232,9 +240,7 @@ def train(family: str, *, seconds: float | None = 480, steps: int | None = None,
     n_params = sum(p.numel() for p in vae.parameters())
     video = _is_video(preset)
     data = TrainingPhotos(device=device, seed=seed)
-    # On CUDA the LR is a tensor and the state lives on the GPU (capturable), so the step can be a CUDA graph.
-    opt = torch.optim.AdamW(vae.parameters(), lr=torch.tensor(lr, device=device) if cuda else lr,
-                            betas=(0.9, 0.99), weight_decay=1e-4, capturable=cuda)
+    opt = make_optimizer(vae, lr, device)
     budget = None if seconds is None else seconds - min(30.0, 0.3 * seconds)  # time for evaluation and saving
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

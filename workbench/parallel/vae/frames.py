@@ -10,7 +10,6 @@ same result as one pass over all frames.
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
 
 import torch
 
@@ -110,15 +109,14 @@ class FrameDecoder:
             outs.append(self.vae.decoder(x[:, :, i : i + 1], feat_cache=cache, feat_idx=[0], **kwargs))
         return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
-    def decode_window(self, x: torch.Tensor, tiles, window, caches: dict, last: bool, measure, batch: int = 1,
-                      on_group=None):
+    def decode_window(self, x: torch.Tensor, tiles, window, caches: dict, last: bool, measure, batch: int = 1):
         """Yield (tile, pixels) for each tile of one frame window, decoding it from the prepared latent `x`.
 
-        `measure` times each call as phase "decode" (None: untimed). `batch` tiles (of one size, as the planner makes them) are decoded in one decoder call, stacked along
-        the batch dimension: fewer, larger kernels for the price of `batch` tiles' activations at once.
-        `on_group(group)` is called before each call. `caches` maps a group's first tile index to the
-        group's causal frame cache and carries it to the next window (dropped after the `last`), so a tiled
-        decode in windows gives the output of one pass.
+        Each decoder call is timed as phase "decode" of `measure`. `batch` tiles (of one size, as the planner
+        makes them) go through one decoder call, stacked along the batch dimension: fewer, larger kernels for
+        the price of `batch` tiles' activations at once. `caches` maps a group's first tile index to the group's
+        causal frame cache and carries it to the next window (dropped after the `last`), so a tiled decode in
+        windows gives the output of one pass.
         """
         tiles = list(tiles)
         for g in range(0, len(tiles), batch):
@@ -127,15 +125,12 @@ class FrameDecoder:
             crops = [x[:, :, window.latent.slice(), t.rows.slice(), t.cols.slice()] for t in group]
             if len({c.shape for c in crops}) > 1:
                 raise ValueError(f"tiles of one batch must have one size, got {sorted({c.shape[3:] for c in crops})}")
-            if on_group is not None:
-                on_group(group)
-            with measure.phase("decode") if measure else nullcontext():
+            with measure.phase("decode"):
                 pixels = self.decode(torch.cat(crops) if len(crops) > 1 else crops[0], cache, window.first)
             if not last:
                 caches[group[0].index] = cache
             del cache, crops  # a group's cache is dead once its last window is decoded: not held while blending
             yield from zip(group, pixels.chunk(len(group)))  # (len(group) * B, ...) -> B per tile, tile-major
-
 
     def _unpatchify(self, y: torch.Tensor) -> torch.Tensor:
         if not self.patch_size or self.patch_size == 1:

@@ -17,9 +17,7 @@ from tqdm.auto import tqdm
 from . import MERGES  # noqa: E402
 from .blend import blend_into
 from .plan import frame_windows, plan_tiles
-from .stem import resolve_mid_block, run_stem, stem_passed_through
-from .tile_stats import normalised_by
-from .tiled import check_tiling, tile_norm_stats, used_stride
+from .tiled import check_tiling, tile_source, used_stride
 
 
 def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192,
@@ -29,9 +27,8 @@ def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px
     for `tiled`: every rank batches its own tiles and computes the same global stem and sampled statistics."""
     if merge not in MERGES:
         raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
-    check_tiling(tile_batch, norm_stats)
     fd, comm = ctx.fd, ctx.comm
-    resolve_mid_block(fd, mid_block)
+    check_tiling(fd, tile_batch, norm_stats, mid_block)
     z5 = fd.as_5d(z)
     plan = plan_tiles(z5.shape[2:], scale=fd.spatial_ratio, tile_px=tile_px, stride_px=stride_px).assign(comm.world_size)
     windows = frame_windows(z5.shape[2], tile_frames, fd.temporal_ratio)
@@ -40,21 +37,15 @@ def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px
     out = torch.zeros(out_shape, dtype=torch.float32, device=z.device) if blends_here else None
     mine = plan.owned_by(comm.rank)
     caches = {}
-    x = fd.prepare(z5)
-    stem, stem_info = run_stem(ctx, x, mid_block)
-    with stem_passed_through(fd.vae.decoder, stem is not None):
-        x = x if stem is None else stem  # what the tiles decode from: the latent, or the stem's output
-        stats, info = tile_norm_stats(ctx, x, plan, norm_stats)  # the decoder after the stem on x, subsampled
-        bar = tqdm(total=len(windows) * len(mine), desc=f"rank {comm.rank} tiles", disable=not ctx.progress,
-                   leave=False)
-        with normalised_by(fd.vae.decoder, stats), bar:
-            for w, window in enumerate(windows):
-                last = w == len(windows) - 1
-                decoded = []
-                for _, pixels in fd.decode_window(x, mine, window, caches, last, ctx.measure, tile_batch):
-                    decoded.append(pixels)
-                    bar.update()
-                _merge_window(ctx, plan, window, decoded, out, out_shape, merge, x)
+    bar = tqdm(total=len(windows) * len(mine), desc=f"rank {comm.rank} tiles", disable=not ctx.progress, leave=False)
+    with tile_source(ctx, z5, plan, norm_stats, mid_block) as (x, info), bar:
+        for w, window in enumerate(windows):
+            last = w == len(windows) - 1
+            decoded = []
+            for _, pixels in fd.decode_window(x, mine, window, caches, last, ctx.measure, tile_batch):
+                decoded.append(pixels)
+                bar.update()
+            _merge_window(ctx, plan, window, decoded, out, out_shape, merge, x)
     result = fd.finish(out.to(fd.dtype)) if out is not None else None
     if merge == "rank0":
         with ctx.measure.phase("broadcast"):
@@ -64,7 +55,7 @@ def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px
             result = comm.broadcast(result, src=0)
     work = plan.work_by_rank(comm.world_size)
     return result, plan, {"tiles": len(plan.items), "windows": len(windows), "merge": merge,
-                          **used_stride(plan, stride_px), **stem_info, **info,
+                          **used_stride(plan, stride_px), **info,
                           "imbalance": max(work) / (sum(work) / len(work)) if sum(work) else 1.0}
 
 

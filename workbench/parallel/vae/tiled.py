@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from tqdm.auto import tqdm
 
@@ -28,17 +30,33 @@ def decode_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 1
     as diffusers does; "auto" (default) is "global" where the decoder allows it (not compiled), else "tile".
     `levers`: speed levers for the tiles' decodes (workbench.ops.vae.LEVERS).
     """
-    check_tiling(tile_batch, norm_stats)
     with optimized(ctx.fd.vae, levers):
-        resolve_mid_block(ctx.fd, mid_block)  # before any work (the compile lever changes the answer)
+        check_tiling(ctx.fd, tile_batch, norm_stats, mid_block)  # inside: the compile lever changes mid_block's answer
         return _decode_tiles(ctx, z, tile_px, stride_px, tile_frames, tile_batch, norm_stats, mid_block)
 
 
-def check_tiling(tile_batch: int, norm_stats: str) -> None:
+def check_tiling(fd, tile_batch: int, norm_stats: str, mid_block: str) -> None:
+    """The tiled strategies' own parameters, before any work: ValueError naming the parameter."""
     if not isinstance(tile_batch, int) or isinstance(tile_batch, bool) or tile_batch < 1:
         raise ValueError(f"tile_batch must be a positive integer, got {tile_batch!r}")
     if norm_stats not in NORM_STATS:
         raise ValueError(f"norm_stats must be one of {', '.join(NORM_STATS)}, got {norm_stats!r}")
+    resolve_mid_block(fd, mid_block)
+
+
+@contextmanager
+def tile_source(ctx, z5: torch.Tensor, plan, norm_stats: str, mid_block: str):
+    """Yield (what the tiles decode from: the prepared latent, or the global stem's output; the record), with the
+    decoder set up for it for the duration of the block: its stem passed through after a global stem, and its
+    GroupNorms normalised with sampled statistics. tiled and parallel_tiled (every rank the same)."""
+    fd = ctx.fd
+    x = fd.prepare(z5)
+    stem, stem_info = run_stem(ctx, x, mid_block)
+    with stem_passed_through(fd.vae.decoder, stem is not None):
+        x = x if stem is None else stem
+        stats, info = tile_norm_stats(ctx, x, plan, norm_stats)  # the decoder after the stem on x, subsampled
+        with normalised_by(fd.vae.decoder, stats):
+            yield x, {**stem_info, **info}
 
 
 def _decode_tiles(ctx, z: torch.Tensor, tile_px: int, stride_px: int, tile_frames: int | None, tile_batch: int,
@@ -49,23 +67,17 @@ def _decode_tiles(ctx, z: torch.Tensor, tile_px: int, stride_px: int, tile_frame
     windows = frame_windows(z5.shape[2], tile_frames, fd.temporal_ratio)
     out = torch.zeros(fd.output_shape(z5.shape), dtype=torch.float32, device=z.device)
     caches = {}
-    x = fd.prepare(z5)
-    stem, stem_info = run_stem(ctx, x, mid_block)
-    with stem_passed_through(fd.vae.decoder, stem is not None):
-        x = x if stem is None else stem  # what the tiles decode from: the latent, or the stem's output
-        stats, info = tile_norm_stats(ctx, x, plan, norm_stats)  # the decoder after the stem on x, subsampled
-        bar = tqdm(total=len(windows) * len(plan.items), desc="tiles", disable=not ctx.progress, leave=False)
-        with normalised_by(fd.vae.decoder, stats), bar:
-            for w, window in enumerate(windows):
-                last = w == len(windows) - 1
-                for tile, pixels in fd.decode_window(x, plan.items, window, caches, last, ctx.measure, tile_batch):
-                    with ctx.measure.phase("blend"):
-                        blend_into(out, tile, pixels, window.pixel)
-                    del pixels
-                    bar.update()
+    bar = tqdm(total=len(windows) * len(plan.items), desc="tiles", disable=not ctx.progress, leave=False)
+    with tile_source(ctx, z5, plan, norm_stats, mid_block) as (x, info), bar:
+        for w, window in enumerate(windows):
+            last = w == len(windows) - 1
+            for tile, pixels in fd.decode_window(x, plan.items, window, caches, last, ctx.measure, tile_batch):
+                with ctx.measure.phase("blend"):
+                    blend_into(out, tile, pixels, window.pixel)
+                del pixels
+                bar.update()
     out = fd.finish(out.to(fd.dtype))
-    return out, plan, {"tiles": len(plan.items), "windows": len(windows), **used_stride(plan, stride_px),
-                       **stem_info, **info}
+    return out, plan, {"tiles": len(plan.items), "windows": len(windows), **used_stride(plan, stride_px), **info}
 
 
 def tile_norm_stats(ctx, x: torch.Tensor, plan, norm_stats: str):
