@@ -2,7 +2,8 @@
 
 x (B, C, *spatial) is read as (B, C, S), S = prod(spatial), contiguous: the launchers call x.contiguous(),
 which copies only a non-contiguous x (a contiguous one is returned as is). The RMS kernel also reads a
-channels-last x (NHWC / NDHWC, the `channels_last` lever's layout) in place, through its strides. Outputs
+channels-last x (NHWC / NDHWC, the `channels_last` lever's layout) in place, through its strides, and
+writes y through its own strides: rms_norm_silu_out writes into a slice of a larger tensor. Outputs
 have x's layout, x's (fp32, bf16, fp16); statistics and arithmetic are float32 and every output is rounded once.
 Semantics and argument checks are those of the references in `kernels/vae_norm_ref.py`.
 
@@ -41,9 +42,9 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from .vae_norm_ref import check_norm_args
+from .vae_norm_ref import check_norm_args, check_out
 
-__all__ = ["MAX_ONE_TILE_C", "rms_norm_silu", "group_norm_silu"]
+__all__ = ["MAX_ONE_TILE_C", "rms_norm_silu", "rms_norm_silu_out", "group_norm_silu", "group_norm_silu_stats"]
 
 MAX_ONE_TILE_C = 512  # RMS: up to this many channels (padded to a power of two) one tile holds all of C
 RMS_TILE = 8192  # RMS: elements per (BLOCK_C, BLOCK_S) tile, 32 KiB of float32 registers per program
@@ -55,7 +56,7 @@ STATS_PROGRAMS_PER_SM = 4  # GroupNorm: splits are chosen to start about this ma
 # --- RMS norm -------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _rms_write(y_ptr, x, offsets, mask, c, c_mask, inv_norm, gamma_ptr, bias_ptr,
+def _rms_write(y_ptr, x, y_offsets, mask, c, c_mask, inv_norm, gamma_ptr, bias_ptr,
                HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
     """y = x * inv_norm * gamma (+ bias), SiLU, store: x (BLOCK_C, BLOCK_S) float32, inv_norm (BLOCK_S,)."""
     gamma = tl.load(gamma_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
@@ -64,46 +65,52 @@ def _rms_write(y_ptr, x, offsets, mask, c, c_mask, inv_norm, gamma_ptr, bias_ptr
         y += tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[:, None]
     if SILU:
         y = y * tl.sigmoid(y)
-    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + y_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _offsets(batch, c, s, stride_b, stride_c, stride_s):
+    """(BLOCK_C, BLOCK_S) int64 offsets of channels c, positions s of one batch in a (B, C, S) strided tensor."""
+    return batch * stride_b + c[:, None].to(tl.int64) * stride_c + s[None, :].to(tl.int64) * stride_s
 
 
 @triton.jit
 def _rms_norm_silu_kernel(
-    y_ptr, x_ptr, gamma_ptr, bias_ptr,  # x, y (B, C, S) of one layout: strides (C*S, stride_c, stride_s); gamma, bias (C,)
-    channels, spatial, stride_c, stride_s, sqrt_channels, eps,
+    y_ptr, x_ptr, gamma_ptr, bias_ptr,  # x, y (B, C, S), each with its own (batch, channel, position) strides
+    channels, spatial, stride_xb, stride_xc, stride_xs, stride_yb, stride_yc, stride_ys, sqrt_channels, eps,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, ONE_TILE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     batch = tl.program_id(1).to(tl.int64)
     s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)  # (BLOCK_S,) positions
     s_mask = s < spatial
-    batch_offset = batch * channels * spatial
     c_tile = tl.arange(0, BLOCK_C)
 
     if ONE_TILE:  # all of C in one tile: read x once
         c_mask = c_tile < channels
         mask = c_mask[:, None] & s_mask[None, :]
-        offsets = (batch_offset + c_tile[:, None].to(tl.int64) * stride_c
-                   + s[None, :].to(tl.int64) * stride_s)  # (BLOCK_C, BLOCK_S)
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + _offsets(batch, c_tile, s, stride_xb, stride_xc, stride_xs), mask=mask,
+                    other=0.0).to(tl.float32)
         inv_norm = sqrt_channels / tl.maximum(tl.sqrt(tl.sum(x * x, axis=0)), eps)  # F.normalize's clamp
-        _rms_write(y_ptr, x, offsets, mask, c_tile, c_mask, inv_norm, gamma_ptr, bias_ptr, HAS_BIAS, SILU)
+        _rms_write(y_ptr, x, _offsets(batch, c_tile, s, stride_yb, stride_yc, stride_ys), mask, c_tile, c_mask,
+                   inv_norm, gamma_ptr, bias_ptr, HAS_BIAS, SILU)
     else:  # one pass over C-chunks for the sum of squares, one to write
         sum_sq = tl.zeros([BLOCK_S], dtype=tl.float32)
         for c0 in range(0, channels, BLOCK_C):
             c = c0 + c_tile
             mask = (c < channels)[:, None] & s_mask[None, :]
-            offsets = batch_offset + c[:, None].to(tl.int64) * stride_c + s[None, :].to(tl.int64) * stride_s
-            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + _offsets(batch, c, s, stride_xb, stride_xc, stride_xs), mask=mask,
+                        other=0.0).to(tl.float32)
             sum_sq += tl.sum(x * x, axis=0)
         inv_norm = sqrt_channels / tl.maximum(tl.sqrt(sum_sq), eps)
         for c0 in range(0, channels, BLOCK_C):
             c = c0 + c_tile
             c_mask = c < channels
             mask = c_mask[:, None] & s_mask[None, :]
-            offsets = batch_offset + c[:, None].to(tl.int64) * stride_c + s[None, :].to(tl.int64) * stride_s
-            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            _rms_write(y_ptr, x, offsets, mask, c, c_mask, inv_norm, gamma_ptr, bias_ptr, HAS_BIAS, SILU)
+            x = tl.load(x_ptr + _offsets(batch, c, s, stride_xb, stride_xc, stride_xs), mask=mask,
+                        other=0.0).to(tl.float32)
+            _rms_write(y_ptr, x, _offsets(batch, c, s, stride_yb, stride_yc, stride_ys), mask, c, c_mask,
+                       inv_norm, gamma_ptr, bias_ptr, HAS_BIAS, SILU)
 
 
 # --- GroupNorm ------------------------------------------------------------------------------------------------
@@ -205,16 +212,16 @@ def _channels_last(x) -> bool:
     return x.dim() > 2 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
 
 
-def _prepare(x, keep: bool = False):
-    """-> (x, (B, C, S), y of x's layout, device context) after checking the device. x is made contiguous unless
-    `keep` (a layout the kernel reads as it is)."""
+def _prepare(x, keep: bool = False, empty_out: bool = True):
+    """-> (x, (B, C, S), y of x's layout (None unless `empty_out`), device context) after checking the device.
+    x is made contiguous unless `keep` (a layout the kernel reads as it is)."""
     if x.device.type != "cuda" and not _interpreted():
         raise RuntimeError(f"kernels.vae_norm runs on CUDA tensors, got {x.device}; for CPU tensors set "
                            "TRITON_INTERPRET=1 before triton is first imported")
     if not keep:
         x = x.contiguous()  # no copy when x is already contiguous
     batch, channels = x.shape[:2]
-    y = torch.empty_like(x)  # dense x: the same strides
+    y = torch.empty_like(x) if empty_out else None  # dense x: the same strides
     device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
     return x, (batch, channels, math.prod(x.shape[2:])), y, device
 
@@ -229,25 +236,54 @@ def _rms_blocks(channels: int, block_c: int | None, block_s: int | None) -> tupl
     return block_c, block_s or max(16, RMS_TILE // block_c)
 
 
+def bcs_strides(t) -> tuple[int, int, int] | None:
+    """(batch, channel, position) strides of t (B, C, *spatial) read as (B, C, S), or None when its spatial
+    dims do not flatten to one stride (a slice along the first spatial dim, as rms_norm_silu_out writes
+    into, does flatten)."""
+    dims = [(n, st) for n, st in zip(t.shape[2:], t.stride()[2:]) if n != 1]
+    for (_, outer), (n, inner) in zip(dims, dims[1:]):
+        if outer != n * inner:
+            return None
+    return t.stride(0), t.stride(1), dims[-1][1] if dims else 1
+
+
+def _rms_launch(y, x, gamma, bias, eps, silu, block_c, block_s, num_warps):
+    """One launch writing y (x's shape, any layout bcs_strides reads) from x (contiguous or channels-last)."""
+    batch, channels, spatial = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    block_c, block_s = _rms_blocks(channels, block_c, block_s)
+    device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+    with device:
+        _rms_norm_silu_kernel[(triton.cdiv(spatial, block_s), batch)](
+            y, x, _flat(gamma), x if bias is None else _flat(bias),  # no bias: a pointer never read
+            channels, spatial, *bcs_strides(x), *bcs_strides(y), math.sqrt(channels), float(eps),
+            HAS_BIAS=bias is not None, SILU=bool(silu), ONE_TILE=block_c >= channels,
+            BLOCK_C=block_c, BLOCK_S=block_s, num_warps=num_warps or (4 if block_c * block_s <= 4096 else 8),
+        )
+
+
 def rms_norm_silu(x, gamma, bias, eps, silu, *, block_c=None, block_s=None, num_warps=None):
     """(B, C, *spatial) -> y, same shape and dtype: x / max(||x||_C, eps) * sqrt(C) * gamma (+ bias), then
     SiLU if `silu`. gamma, bias (C,) or (C, 1, ...); bias may be None. block_c, block_s, num_warps override
     the tile (powers of two) and warps; the defaults read x once for C <= MAX_ONE_TILE_C."""
     check_norm_args(x, {"gamma": gamma, "bias": bias}, eps)
-    channels_last = _channels_last(x)
-    x, (batch, channels, spatial), y, device = _prepare(x, keep=channels_last)
-    if x.numel() == 0:
-        return y
-    stride_c, stride_s = (1, channels) if channels_last else (spatial, 1)
-    block_c, block_s = _rms_blocks(channels, block_c, block_s)
-    with device:
-        _rms_norm_silu_kernel[(triton.cdiv(spatial, block_s), batch)](
-            y, x, _flat(gamma), x if bias is None else _flat(bias),  # no bias: a pointer never read
-            channels, spatial, stride_c, stride_s, math.sqrt(channels), float(eps),
-            HAS_BIAS=bias is not None, SILU=bool(silu), ONE_TILE=block_c >= channels,
-            BLOCK_C=block_c, BLOCK_S=block_s, num_warps=num_warps or (4 if block_c * block_s <= 4096 else 8),
-        )
+    x, _, y, _ = _prepare(x, keep=_channels_last(x))
+    if x.numel():
+        _rms_launch(y, x, gamma, bias, eps, silu, block_c, block_s, num_warps)
     return y
+
+
+def rms_norm_silu_out(x, gamma, bias, eps, silu, out, *, block_c=None, block_s=None, num_warps=None):
+    """rms_norm_silu written into `out` (x's shape and dtype), which may be a view: a slice of a larger
+    tensor along its first spatial dim, in either layout (the conv_buffers lever writes a norm's output
+    after a causal conv's cached frames). Returns None."""
+    check_norm_args(x, {"gamma": gamma, "bias": bias}, eps)
+    check_out(x, out)
+    if bcs_strides(out) is None:
+        raise ValueError(f"out must be readable as (batch, channels, positions) with one position stride, got "
+                         f"strides {out.stride()} for shape {tuple(out.shape)}")
+    x, _, _, _ = _prepare(x, keep=_channels_last(x), empty_out=False)
+    if x.numel():
+        _rms_launch(out, x, gamma, bias, eps, silu, block_c, block_s, num_warps)
 
 
 def _stats_splits(groups: int, group_numel: int, block: int, device) -> int:

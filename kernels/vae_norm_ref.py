@@ -6,6 +6,7 @@ x is channel-first, (B, C, *spatial) with any number of spatial dims (none inclu
     group_norm_silu: y = (x - mean_g) / sqrt(var_g + eps) * weight + bias    (mean, biased var over the
                                                                               (C/G) * S values of a group)
     then y = y * sigmoid(y) when silu.
+    rms_norm_silu_out: rms_norm_silu written into a given tensor `out` (a view of a larger one, say).
 
 rms_norm_silu is diffusers' WanRMS_norm (and QwenImageRMS_norm, the same code) with channel_first=True:
 F.normalize(x, dim=1) (eps 1e-12 there) * dim**0.5 * gamma + bias, gamma and bias (C, 1, 1[, 1]) or (C,).
@@ -29,7 +30,8 @@ import torch.nn.functional as F
 
 from .checks import check_float
 
-__all__ = ["check_norm_args", "rms_norm_silu_reference", "group_norm_silu_reference"]
+__all__ = ["check_norm_args", "check_out", "rms_norm_silu_reference", "rms_norm_silu_out_reference",
+           "group_norm_silu_reference", "group_norm_silu_stats_reference"]
 
 def _check_per_channel(name: str, t: torch.Tensor, channels: int) -> None:
     """(C,) or (C, 1, ..., 1), as diffusers' norms hold their parameters."""
@@ -54,6 +56,13 @@ def check_norm_args(x, params: dict, eps, num_groups: int | None = None) -> None
         raise ValueError(f"num_groups must be a positive divisor of the {channels} channels, got {num_groups!r}")
     if not isinstance(eps, (int, float)) or eps < 0:
         raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+
+
+def check_out(x, out) -> None:
+    """`out`, where an op writes its result in place: x's shape, dtype and device."""
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        got = (tuple(out.shape), out.dtype, out.device) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"out must have x's shape, dtype and device {(tuple(x.shape), x.dtype, x.device)}, got {got}")
 
 
 def _per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -82,6 +91,12 @@ def rms_norm_silu_reference(x, gamma, bias, eps, silu):
     if bias is not None:
         y = y + _per_channel(bias, x.dim())
     return _finish(y, silu, x.dtype)
+
+
+def rms_norm_silu_out_reference(x, gamma, bias, eps, silu, out):
+    """rms_norm_silu_reference written into `out` (x's shape and dtype; may be a view of a larger tensor)."""
+    check_out(x, out)
+    out.copy_(rms_norm_silu_reference(x, gamma, bias, eps, silu))
 
 
 def group_norm_silu_reference(x, num_groups, weight, bias, eps, silu):

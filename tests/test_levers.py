@@ -5,7 +5,9 @@ Tolerance LEVER_FP32_REL of the largest |output|, float32, and why:
   convolution algorithm's summation order changes (a 2-D conv for a lone frame, a padded conv elsewhere);
 - fused_norm: float32 statistics and arithmetic as diffusers' float32 path, one rounding; the Triton kernel
   on CUDA sums the channels in another order;
-- channels_last: the convolution library picks other kernels for the other memory format.
+- channels_last: the convolution library picks other kernels for the other memory format;
+- conv_buffers: the convolution reads the values torch.cat would have put together: bit for bit the decode
+  without it (checked on its own below), so only the other levers' reasons apply.
 Each measured ~1e-6 relative on the CPU; 2e-5 leaves room for GPU kernels. After the block the model is
 the unmodified one again: its own forwards, modules and state_dict, and the same output bit for bit.
 """
@@ -23,7 +25,8 @@ LEVER_FP32_REL = 2e-5
 SIZES = {name: ((64, 96, 9) if get_preset(name).is_video else (64, 96, 1)) for name in PRESETS}
 SIZES["wan2.2-ti2v-5b"] = (128, 96, 9)
 EAGER_LEVERS = [["causal_conv"], ["fused_norm"], ["channels_last"], ["causal_conv", "fused_norm"],
-                ["channels_last", "causal_conv", "fused_norm"]]
+                ["channels_last", "causal_conv", "fused_norm"], ["channels_last", "causal_conv", "fused_norm", "conv_buffers"]]
+VIDEO_PRESETS = [name for name in PRESETS if get_preset(name).is_video]
 
 
 def setup(name):
@@ -55,6 +58,69 @@ class TestLeversMatchTheModel:
         assert rel_error(out, ref) <= LEVER_FP32_REL
 
 
+def cat_calls(fn) -> tuple[torch.Tensor, int]:
+    """fn()'s result and how many aten.cat ran under it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        cats = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.cats += func is torch.ops.aten.cat.default
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        out = fn()
+    return out, Count.cats
+
+
+class TestConvBuffers:
+    """conv_buffers changes where the residual blocks' norms write, not what the convolutions read."""
+
+    @pytest.mark.parametrize("layout", [[], ["channels_last"]], ids=["channel_first", "channels_last"])
+    @pytest.mark.parametrize("name", VIDEO_PRESETS)
+    def test_bit_for_bit_the_decode_without_it_and_without_the_cats(self, name, layout):
+        vae, z = setup(name)
+        base = [*layout, "causal_conv", "fused_norm"]
+        with optimized(vae, base):
+            ref, ref_cats = cat_calls(lambda: decode(vae, z, "full", profile=False).output)
+        with optimized(vae, base + ["conv_buffers"]):
+            out, cats = cat_calls(lambda: decode(vae, z, "full", profile=False).output)
+        assert torch.equal(out, ref)
+        blocks = sum(type(m).__name__ == "WanResidualBlock" for m in vae.decoder.modules())
+        # each block's two convs stop concatenating, on every latent frame after the first
+        assert ref_cats - cats >= 2 * blocks * (z.shape[2] - 1), (ref_cats, cats)
+
+    @pytest.mark.parametrize("name", ["wan2.1", "wan2.2-ti2v-5b"])
+    def test_tiled_in_windows_carries_the_same_cache(self, name):
+        vae, z = setup(name)
+        tile = {"tile_px": 32, "stride_px": 24} if name == "wan2.1" else {"tile_px": 64, "stride_px": 48}
+        with optimized(vae, ["causal_conv", "fused_norm"]):
+            ref = decode(vae, z, "tiled", profile=False, tile_frames=5, **tile).output
+        with optimized(vae, ["causal_conv", "fused_norm", "conv_buffers"]):
+            out = decode(vae, z, "tiled", profile=False, tile_frames=5, **tile).output
+        assert torch.equal(out, ref)
+
+    def test_a_conv_another_wrapper_owns_keeps_it(self):
+        """A conv whose forward someone else replaced (shard's halo convs) is not bypassed: the block runs
+        diffusers' forward, through that wrapper."""
+        vae, z = setup("wan2.1")
+        conv = next(m for m in vae.decoder.modules() if type(m).__name__ == "WanResidualBlock").conv1
+        calls = []
+
+        def wrapper(x, cache_x=None):
+            calls.append(x.shape)
+            return type(conv).forward(conv, x, cache_x)
+
+        conv.forward = wrapper
+        try:
+            with optimized(vae, ["fused_norm", "conv_buffers"]):
+                decode(vae, z, "full", profile=False)
+        finally:
+            del conv.forward
+        assert len(calls) == z.shape[2]
+
+
 class TestLeversThroughTheRunner:
     def test_compare_passes_levers_to_full_and_tiled_and_records_them(self):
         job = DecodeJob(model="wan2.1", size=SIZES["wan2.1"], weights="random", device=DEVICE)
@@ -76,7 +142,7 @@ class TestLeversAreUndone:
         before = decode(vae, z, "full", profile=False).output
         state = {k: v.clone() for k, v in vae.state_dict().items()}
         kinds = [type(m).__name__ for m in vae.modules()]
-        with optimized(vae, ["channels_last", "causal_conv", "fused_norm"]):
+        with optimized(vae, ["channels_last", "causal_conv", "fused_norm", "conv_buffers"]):
             assert any(type(m).__name__.startswith("Fused") for m in vae.modules())
         assert [type(m).__name__ for m in vae.modules()] == kinds
         assert not [m for m in vae.modules() if "forward" in m.__dict__]

@@ -59,6 +59,7 @@ class Case:
     mean: float = 0.5  # x = mean + 2 * randn
     strided: bool = False  # x a non-contiguous view
     channels_last: bool = False  # x stored NHWC / NDHWC (the channels_last lever): rms reads it in place
+    out_slice: bool = False  # rms_norm_silu_out into frames 2: of a buffer 2 frames longer (the conv_buffers lever)
     launch: tuple = ()  # Triton launcher overrides, (name, value) pairs
 
     @property
@@ -66,7 +67,7 @@ class Case:
         parts = [self.op, "x".join(map(str, self.shape)), self.dtype, "affine" if self.affine else "plain",
                  "silu" if self.silu else "nosilu"]
         parts += [f"g{self.groups}"] * bool(self.groups) + [f"mean{self.mean:g}"] * (self.mean != 0.5)
-        parts += ["strided"] * self.strided + ["channels_last"] * self.channels_last
+        parts += ["strided"] * self.strided + ["channels_last"] * self.channels_last + ["out_slice"] * self.out_slice
         parts += [f"{k}{v}" for k, v in self.launch]
         return "-".join(parts)
 
@@ -237,6 +238,9 @@ def _triton_cases() -> list[Case]:
     cases.append(Case("rms", (2, 48, 3, 5, 9), "bf16", True, True, channels_last=True))
     cases.append(Case("rms", (1, 40, 7, 13), "fp32", False, True, channels_last=True))
     cases.append(Case("rms", (2, 48, 3, 5, 9), "fp32", True, False, channels_last=True, launch=chunked))
+    cases.append(Case("rms", (2, 48, 3, 5, 9), "bf16", True, True, out_slice=True))
+    cases.append(Case("rms", (2, 40, 1, 5, 7), "bf16", False, True, channels_last=True, out_slice=True))
+    cases.append(Case("rms", (2, 48, 3, 5, 9), "fp32", True, True, channels_last=True, out_slice=True, launch=chunked))
     cases.append(Case("group", (2, 16, 5, 7), "bf16", True, True, 4, channels_last=True, launch=small_stats))
     cases.append(Case("group", (2, 16, 5, 7), "bf16", True, True, 4, strided=True, launch=small_stats))
     cases.append(Case("group", (2, 16, 5, 7), "fp32", True, False, 4, mean=300.0,
@@ -255,10 +259,26 @@ def run_triton_cases(cases, device: str) -> dict:
     for case in cases:
         launcher = vae_norm.rms_norm_silu if case.op == "rms" else vae_norm.group_norm_silu
         try:
-            results[case.id] = launcher(**make_args(case, device), **dict(case.launch)).cpu()
+            args = make_args(case, device)
+            if case.out_slice:  # the whole buffer comes back: the test checks the 2 frames before out untouched
+                buffer = out_slice_buffer(args["x"])
+                vae_norm.rms_norm_silu_out(**args, out=buffer[:, :, 2:], **dict(case.launch))
+                results[case.id] = buffer.cpu()
+            else:
+                results[case.id] = launcher(**args, **dict(case.launch)).cpu()
         except Exception as e:  # reported by the test of that case
             results[case.id] = f"{type(e).__name__}: {e}"
     return results
+
+
+SENTINEL = 7.0  # the frames of an out_slice buffer before `out`: must stay as they were
+
+
+def out_slice_buffer(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T + 2, *rest) in x's layout, filled with SENTINEL: rms_norm_silu_out writes frames 2: of it."""
+    layout = torch.channels_last_3d if x.dim() == 5 and not x.is_contiguous() else torch.contiguous_format
+    shape = (*x.shape[:2], x.shape[2] + 2, *x.shape[3:])
+    return torch.full(shape, SENTINEL, dtype=x.dtype, device=x.device).contiguous(memory_format=layout)
 
 
 @pytest.fixture(scope="module")
@@ -277,6 +297,9 @@ def test_triton_matches_reference(case, triton_outputs):
     dtype = DTYPES[case.dtype]
     assert out.dtype == dtype
     assert_layout(case, out)
+    if case.out_slice:  # written after 2 untouched frames
+        assert torch.all(out[:, :, :2] == SENTINEL)
+        out = out[:, :, 2:]
     rtol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
     if case.mean == 0.5:
         assert_close(case, out, reference(case, args), rtol=rtol, atol=1e-5)
@@ -308,7 +331,8 @@ def test_triton_kernels_compile_for_hopper_with_16_byte_accesses():
     def ptx(kernel, types: dict, constexprs: dict, num_warps: int) -> str:
         signature = {n: "constexpr" if n in constexprs else types[n] for n in kernel.arg_names}
         attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
-                 if signature[n].startswith("*") or n in ("channels", "spatial", "group_numel", "chunk_numel", "stride_c", "stride_s")}
+                 if signature[n].startswith("*") or n in ("channels", "spatial", "group_numel", "chunk_numel")
+                 or n.startswith("stride_")}
         source = ASTSource(kernel, signature, constexprs, attrs)
         return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
 
@@ -316,14 +340,15 @@ def test_triton_kernels_compile_for_hopper_with_16_byte_accesses():
         return set(re.findall(r"(?:ld|st)\.global[\w.]*", text))
 
     rms_types = {"y_ptr": "*bf16", "x_ptr": "*bf16", "gamma_ptr": "*bf16", "bias_ptr": "*bf16", "channels": "i32",
-                 "spatial": "i32", "stride_c": "i32", "stride_s": "i32", "sqrt_channels": "fp32", "eps": "fp32"}
-    # The JIT specialises a stride of 1 as a constant: channel-first x has stride_s 1, channels-last stride_c 1.
-    for unit_stride in ("stride_s", "stride_c"):
+                 "spatial": "i32", "sqrt_channels": "fp32", "eps": "fp32",
+                 **{f"stride_{t}{d}": "i32" for t in "xy" for d in "bcs"}}
+    # The JIT specialises a stride of 1 as a constant: channel-first x and y have stride_s 1, channels-last stride_c 1.
+    for unit_stride in ("s", "c"):
         for channels in (96, 192, 384, 768):  # Wan's decoder widths; 768: the chunked path
             block_c, block_s = vae_norm._rms_blocks(channels, None, None)
             text = ptx(vae_norm._rms_norm_silu_kernel, rms_types,
                        {"HAS_BIAS": True, "SILU": True, "ONE_TILE": block_c >= channels, "BLOCK_C": block_c,
-                        "BLOCK_S": block_s, unit_stride: 1}, 8)
+                        "BLOCK_S": block_s, f"stride_x{unit_stride}": 1, f"stride_y{unit_stride}": 1}, 8)
             found = accesses(text)  # x in 16-byte vectors, y likewise; gamma and bias (tiny) as they come
             assert "ld.global.v4.b32" in found and found - {"ld.global.b16", "ld.global.b32", "ld.global.v2.b32"} == {
                 "ld.global.v4.b32", "st.global.v4.b32"}, (unit_stride, channels, found)
@@ -363,6 +388,20 @@ def test_op_registration(op):
     args = _op_args(op)
     torch.library.opcheck(getattr(torch.ops.workbench, name).default, args)
     assert torch.equal(getattr(ops, name)(*args), getattr(ref, f"{name}_reference")(*args))
+
+
+def test_out_op_registration_writes_into_a_slice():
+    """rms_norm_silu_out under torch.library's checks; it writes the reference's values into a view and nothing
+    else, and names what it needs when out does not fit."""
+    x, gamma, bias, eps, silu = _op_args("rms")
+    buffer = out_slice_buffer(x)
+    torch.library.opcheck(torch.ops.workbench.rms_norm_silu_out.default, (x, gamma, bias, eps, silu, buffer[:, :, 2:]))
+    buffer = out_slice_buffer(x)
+    ops.rms_norm_silu_out(x, gamma, bias, eps, silu, buffer[:, :, 2:])
+    assert torch.equal(buffer[:, :, 2:], ref.rms_norm_silu_reference(x, gamma, bias, eps, silu))
+    assert torch.all(buffer[:, :, :2] == SENTINEL)
+    with pytest.raises(ValueError, match="out must have x's shape, dtype and device"):
+        ops.rms_norm_silu_out(x, gamma, bias, eps, silu, buffer[:, :, 1:])
 
 
 def test_ops_compile_without_graph_breaks():

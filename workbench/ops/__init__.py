@@ -18,7 +18,7 @@ from .modulation import (
     layernorm_scale_shift_gate_select01_residual,
     layernorm_scale_shift_residual,
 )
-from .vae_norm import group_norm_silu, rms_norm_silu
+from .vae_norm import group_norm_silu, rms_norm_silu, rms_norm_silu_out
 
 __all__ = [
     "CustomOp",
@@ -27,5 +27,6 @@ __all__ = [
     "layernorm_scale_shift_gate_select01",
     "layernorm_scale_shift_gate_select01_residual",
     "rms_norm_silu",
+    "rms_norm_silu_out",
     "group_norm_silu",
 ]

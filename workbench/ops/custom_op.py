@@ -37,6 +37,7 @@ def triton_available() -> bool:
 class CustomOp:
     name: str  # registered as torch.ops.workbench.<name>
     schema: str  # torch.library schema without the name, e.g. "(Tensor x, float eps) -> Tensor"
+    mutates_args: tuple[str, ...] = ()  # arguments written in place, marked (a!) in the schema
 
     def forward_native(self, *args):
         raise NotImplementedError
@@ -63,7 +64,8 @@ class CustomOp:
         def run(*args):
             return implementations.get(args[0].device.type, self.forward_native)(*args)
 
-        op = torch.library.custom_op(f"{NAMESPACE}::{self.name}", run, mutates_args=(), schema=self.schema)
+        op = torch.library.custom_op(f"{NAMESPACE}::{self.name}", run, mutates_args=self.mutates_args,
+                                     schema=self.schema)
         op.register_fake(self.fake)
         return getattr(getattr(torch.ops, NAMESPACE), self.name).default
 

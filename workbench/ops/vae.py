@@ -16,6 +16,13 @@ Levers (LEVERS):
   Triton on CUDA, float32 statistics, one rounding), in place of diffusers' float32 copy, norm, divide,
   cast, two multiplies and SiLU, or PyTorch's GroupNorm kernel (one block per group: 32 blocks for a
   whole 2048x2048 image). Decoder and encoder; single-device decodes only (shard refuses fused norms).
+- conv_buffers: with fused_norm, each causal convolution of a Wan residual block reads one buffer holding its
+  cached frames followed by the fused norm's output, which the norm kernel writes there in place
+  (rms_norm_silu_out). diffusers' block instead writes the norm's output, then torch.cat's the cache and it
+  into a new tensor for every convolution of every latent frame: a read and a write of 2 + T frames at each
+  of the decoder's widths. The frame cache keeps diffusers' contents (the last two input frames). Exact: the
+  buffer holds the values the concatenation would. Without fused_norm, or where another wrapper owns the
+  convolution (shard's halo convs), blocks run diffusers' forward.
 - compile: torch.compile of the decoder module (one graph per frame shape); not for Wan2.2-TI2V.
 
 The model's state_dict and outputs' layout are unchanged; every lever is exact up to the kernels cuDNN or
@@ -97,6 +104,7 @@ def _causal_forward(conv):
             x = F.pad(x, (0, 0, 0, 0, t, 0))
         return F.conv3d(x, conv.weight, conv.bias, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
 
+    forward._workbench_causal_conv = True  # conv_buffers may bypass it: the same arithmetic
     return forward
 
 
@@ -110,6 +118,63 @@ def _causal_conv(vae):
     finally:
         for conv in convs:
             del conv.forward  # back to the class's forward
+
+
+def _norm_then_conv(norm, conv, x, feat_cache, feat_idx):
+    """`conv(norm(x))` as diffusers' residual block runs it with the frame cache (feat_cache[feat_idx[0]]: None
+    or the last 1-2 frames this conv read), the norm writing into the conv's input buffer after the cache."""
+    idx = feat_idx[0]
+    feat_idx[0] += 1
+    cached = feat_cache[idx]
+    b, c, t, h, w = x.shape
+    pad_t, pad_h, pad_w = conv._padding[4], conv._padding[2], conv._padding[0]  # pad_t = CACHE_T = 2
+    if cached is None and t == 1 and takes_lone_frame_2d(conv):  # first frame: 2-D conv over the last tap
+        y = norm(x)
+        feat_cache[idx] = y  # diffusers caches a clone of this whole frame; y is fresh and never written again
+        return last_tap_conv2d(conv, y[:, :, 0], (pad_h, pad_w))
+    channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    buffer = torch.empty((b, c, pad_t + t, h, w), dtype=x.dtype, device=x.device,
+                         memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    n = 0 if cached is None else min(cached.shape[2], pad_t)  # cached frames; the causal zero padding before them
+    if n < pad_t:
+        buffer[:, :, :pad_t - n].zero_()
+    if n:
+        buffer[:, :, pad_t - n:pad_t].copy_(cached[:, :, -n:])
+    norm.forward_into(x, buffer[:, :, pad_t:])  # (B, C, pad_t + t, H, W): cache, then norm(x)
+    feat_cache[idx] = buffer[:, :, -min(pad_t, n + t):].clone()  # as diffusers: the last two frames seen
+    return F.conv3d(buffer, conv.weight, conv.bias, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
+
+
+def _buffered_forward(block):
+    """WanResidualBlock.forward with _norm_then_conv for norm1 -> conv1 and norm2 -> conv2, where it applies."""
+    from .vae_norm import FusedRMSNormSiLU
+
+    def ours(conv) -> bool:  # the class's forward or the causal_conv lever's: plain causal convs
+        return "forward" not in conv.__dict__ or getattr(conv.forward, "_workbench_causal_conv", False)
+
+    def forward(x, feat_cache=None, feat_idx=[0]):  # noqa: B006 (diffusers' signature)
+        if (feat_cache is None or block.training or x.dim() != 5
+                or not all(isinstance(n, FusedRMSNormSiLU) for n in (block.norm1, block.norm2))
+                or not all(ours(c) and c._padding[4] == 2 for c in (block.conv1, block.conv2))):
+            return type(block).forward(block, x, feat_cache, feat_idx)
+        h = block.conv_shortcut(x)
+        x = _norm_then_conv(block.norm1, block.conv1, x, feat_cache, feat_idx)
+        x = _norm_then_conv(block.norm2, block.conv2, x, feat_cache, feat_idx)  # dropout: identity in eval
+        return x + h
+
+    return forward
+
+
+@contextmanager
+def _conv_buffers(vae):
+    blocks = [m for m in vae.modules() if type(m).__name__ == "WanResidualBlock"]
+    for block in blocks:
+        block.forward = _buffered_forward(block)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward
 
 
 @contextmanager
@@ -144,4 +209,4 @@ def _fused_norm(vae):
 
 
 _APPLY = {"channels_last": _channels_last, "causal_conv": _causal_conv, "fused_norm": _fused_norm,
-          "compile": _compile}
+          "conv_buffers": _conv_buffers, "compile": _compile}

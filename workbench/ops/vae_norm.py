@@ -1,6 +1,7 @@
 """Fused VAE normalisation + SiLU as workbench custom ops, and the adapter that puts them in diffusers' decoders.
 
     torch.ops.workbench.rms_norm_silu(x, gamma, bias, eps, silu) -> y                  (WanRMS_norm [+ SiLU])
+    torch.ops.workbench.rms_norm_silu_out(x, gamma, bias, eps, silu, out)    (the same, written into `out`)
     torch.ops.workbench.group_norm_silu(x, num_groups, weight, bias, eps, silu) -> y    (GroupNorm [+ SiLU])
     torch.ops.workbench.group_norm_silu_stats(x, num_groups, mean, rstd, weight, bias, silu) -> y
                                                               (the same with given statistics, (B, G) float32)
@@ -50,6 +51,7 @@ from .custom_op import KernelOp
 
 __all__ = [
     "rms_norm_silu",
+    "rms_norm_silu_out",
     "group_norm_silu",
     "group_norm_silu_stats",
     "FusedRMSNormSiLU",
@@ -69,12 +71,16 @@ class VAENormOp(KernelOp):
 
     kernels = "vae_norm"
 
-    def __init__(self, name: str, schema: str):
+    def __init__(self, name: str, schema: str, mutates_args: tuple[str, ...] = ()):
         super().__init__(name, schema, ref)
+        self.mutates_args = mutates_args
 
 
 _rms_norm_silu = VAENormOp(
     "rms_norm_silu", "(Tensor x, Tensor gamma, Tensor? bias, float eps, bool silu) -> Tensor").register()
+_rms_norm_silu_out = VAENormOp(
+    "rms_norm_silu_out", "(Tensor x, Tensor gamma, Tensor? bias, float eps, bool silu, Tensor(a!) out) -> ()",
+    mutates_args=("out",)).register()
 _group_norm_silu = VAENormOp(
     "group_norm_silu",
     "(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, bool silu) -> Tensor").register()
@@ -86,6 +92,12 @@ _group_norm_silu_stats = VAENormOp(
 def rms_norm_silu(x, gamma, bias, eps, silu):
     """(B, C, *spatial) -> x / max(||x||_C, eps) * sqrt(C) * gamma (+ bias), then SiLU if `silu`."""
     return _rms_norm_silu(x, gamma, bias, eps, silu)
+
+
+def rms_norm_silu_out(x, gamma, bias, eps, silu, out) -> None:
+    """rms_norm_silu written into `out` (x's shape and dtype), which may be a view: a slice of a larger tensor
+    along its first spatial dim, in either layout."""
+    _rms_norm_silu_out(x, gamma, bias, eps, silu, out)
 
 
 def group_norm_silu(x, num_groups, weight, bias, eps, silu):
@@ -134,6 +146,10 @@ class FusedRMSNormSiLU(_FusedNorm):
 
     def forward(self, x):
         return rms_norm_silu(x, self.gamma, self.bias, F_NORMALIZE_EPS, True)
+
+    def forward_into(self, x, out) -> None:
+        """forward(x) written into `out` (see rms_norm_silu_out)."""
+        rms_norm_silu_out(x, self.gamma, self.bias, F_NORMALIZE_EPS, True, out)
 
 
 class FusedGroupNormSiLU(_FusedNorm):

@@ -19,7 +19,7 @@ SHARD_ATTENTIONS = ("local_queries", "all_queries")  # shard's mid-block attenti
 PATCH_OUTPUTS = ("all", "rank0")
 NORM_STATS = ("sampled", "tile")  # tiled, parallel_tiled: a GroupNorm decoder's tile statistics (tile_stats.py)
 MID_BLOCKS = ("auto", "global", "tile")  # tiled, parallel_tiled: the decoder's stem once or per tile (stem.py)
-LEVERS = ("channels_last", "causal_conv", "fused_norm", "compile")  # full and tiled: workbench.ops.vae.optimized
+LEVERS = ("channels_last", "causal_conv", "fused_norm", "conv_buffers", "compile")  # full and tiled: workbench.ops.vae.optimized
 SHARD_LEVERS = ("causal_conv", "fused_norm")  # shard: in its own halo convs; fused norms of RMS decoders only
 MODE_LEVERS = {"full": LEVERS, "tiled": LEVERS, "shard": SHARD_LEVERS}  # the `levers` each mode takes
 
