@@ -75,10 +75,19 @@ def _offsets(batch, c, s, stride_b, stride_c, stride_s):
 
 
 @triton.jit
+def _load_x(x_ptr, offsets, mask, x_bias_ptr, c, c_mask, HAS_X_BIAS: tl.constexpr):
+    """x (BLOCK_C, BLOCK_S) in float32, plus the per-channel x_bias (a convolution's bias folded in) if given."""
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if HAS_X_BIAS:
+        x += tl.load(x_bias_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[:, None]
+    return x
+
+
+@triton.jit
 def _rms_norm_silu_kernel(
-    y_ptr, x_ptr, gamma_ptr, bias_ptr,  # x, y (B, C, S), each with its own (batch, channel, position) strides
+    y_ptr, x_ptr, x_bias_ptr, gamma_ptr, bias_ptr,  # x, y (B, C, S), each with its own strides; x_bias, gamma, bias (C,)
     channels, spatial, stride_xb, stride_xc, stride_xs, stride_yb, stride_yc, stride_ys, sqrt_channels, eps,
-    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, ONE_TILE: tl.constexpr,
+    HAS_X_BIAS: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, ONE_TILE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     batch = tl.program_id(1).to(tl.int64)
@@ -89,8 +98,8 @@ def _rms_norm_silu_kernel(
     if ONE_TILE:  # all of C in one tile: read x once
         c_mask = c_tile < channels
         mask = c_mask[:, None] & s_mask[None, :]
-        x = tl.load(x_ptr + _offsets(batch, c_tile, s, stride_xb, stride_xc, stride_xs), mask=mask,
-                    other=0.0).to(tl.float32)
+        x = _load_x(x_ptr, _offsets(batch, c_tile, s, stride_xb, stride_xc, stride_xs), mask, x_bias_ptr, c_tile,
+                    c_mask, HAS_X_BIAS)
         inv_norm = sqrt_channels / tl.maximum(tl.sqrt(tl.sum(x * x, axis=0)), eps)  # F.normalize's clamp
         _rms_write(y_ptr, x, _offsets(batch, c_tile, s, stride_yb, stride_yc, stride_ys), mask, c_tile, c_mask,
                    inv_norm, gamma_ptr, bias_ptr, HAS_BIAS, SILU)
@@ -98,17 +107,18 @@ def _rms_norm_silu_kernel(
         sum_sq = tl.zeros([BLOCK_S], dtype=tl.float32)
         for c0 in range(0, channels, BLOCK_C):
             c = c0 + c_tile
-            mask = (c < channels)[:, None] & s_mask[None, :]
-            x = tl.load(x_ptr + _offsets(batch, c, s, stride_xb, stride_xc, stride_xs), mask=mask,
-                        other=0.0).to(tl.float32)
+            c_mask = c < channels
+            mask = c_mask[:, None] & s_mask[None, :]
+            x = _load_x(x_ptr, _offsets(batch, c, s, stride_xb, stride_xc, stride_xs), mask, x_bias_ptr, c, c_mask,
+                        HAS_X_BIAS)
             sum_sq += tl.sum(x * x, axis=0)
         inv_norm = sqrt_channels / tl.maximum(tl.sqrt(sum_sq), eps)
         for c0 in range(0, channels, BLOCK_C):
             c = c0 + c_tile
             c_mask = c < channels
             mask = c_mask[:, None] & s_mask[None, :]
-            x = tl.load(x_ptr + _offsets(batch, c, s, stride_xb, stride_xc, stride_xs), mask=mask,
-                        other=0.0).to(tl.float32)
+            x = _load_x(x_ptr, _offsets(batch, c, s, stride_xb, stride_xc, stride_xs), mask, x_bias_ptr, c, c_mask,
+                        HAS_X_BIAS)
             _rms_write(y_ptr, x, _offsets(batch, c, s, stride_yb, stride_yc, stride_ys), mask, c, c_mask,
                        inv_norm, gamma_ptr, bias_ptr, HAS_BIAS, SILU)
 
@@ -247,16 +257,16 @@ def bcs_strides(t) -> tuple[int, int, int] | None:
     return t.stride(0), t.stride(1), dims[-1][1] if dims else 1
 
 
-def _rms_launch(y, x, gamma, bias, eps, silu, block_c, block_s, num_warps):
+def _rms_launch(y, x, gamma, bias, eps, silu, block_c, block_s, num_warps, x_bias=None):
     """One launch writing y (x's shape, any layout bcs_strides reads) from x (contiguous or channels-last)."""
     batch, channels, spatial = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     block_c, block_s = _rms_blocks(channels, block_c, block_s)
     device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
     with device:
         _rms_norm_silu_kernel[(triton.cdiv(spatial, block_s), batch)](
-            y, x, _flat(gamma), x if bias is None else _flat(bias),  # no bias: a pointer never read
-            channels, spatial, *bcs_strides(x), *bcs_strides(y), math.sqrt(channels), float(eps),
-            HAS_BIAS=bias is not None, SILU=bool(silu), ONE_TILE=block_c >= channels,
+            y, x, x if x_bias is None else _flat(x_bias), _flat(gamma), x if bias is None else _flat(bias),
+            channels, spatial, *bcs_strides(x), *bcs_strides(y), math.sqrt(channels), float(eps),  # x: never-read
+            HAS_X_BIAS=x_bias is not None, HAS_BIAS=bias is not None, SILU=bool(silu), ONE_TILE=block_c >= channels,
             BLOCK_C=block_c, BLOCK_S=block_s, num_warps=num_warps or (4 if block_c * block_s <= 4096 else 8),
         )
 
@@ -272,18 +282,19 @@ def rms_norm_silu(x, gamma, bias, eps, silu, *, block_c=None, block_s=None, num_
     return y
 
 
-def rms_norm_silu_out(x, gamma, bias, eps, silu, out, *, block_c=None, block_s=None, num_warps=None):
-    """rms_norm_silu written into `out` (x's shape and dtype), which may be a view: a slice of a larger
-    tensor along its first spatial dim, in either layout (the conv_buffers lever writes a norm's output
-    after a causal conv's cached frames). Returns None."""
-    check_norm_args(x, {"gamma": gamma, "bias": bias}, eps)
+def rms_norm_silu_out(x, x_bias, gamma, bias, eps, silu, out, *, block_c=None, block_s=None, num_warps=None):
+    """rms_norm_silu of x + x_bias (per channel, in float32; None: x) written into `out` (x's shape and dtype),
+    which may be a view: a slice of a larger tensor along its first spatial dim, in either layout (the
+    conv_buffers lever writes a norm's output after a causal conv's cached frames, and adds the bias of the
+    conv before the norm here). Returns None."""
+    check_norm_args(x, {"x_bias": x_bias, "gamma": gamma, "bias": bias}, eps)
     check_out(x, out)
     if bcs_strides(out) is None:
         raise ValueError(f"out must be readable as (batch, channels, positions) with one position stride, got "
                          f"strides {out.stride()} for shape {tuple(out.shape)}")
     x, _, _, _ = _prepare(x, keep=_channels_last(x), empty_out=False)
     if x.numel():
-        _rms_launch(out, x, gamma, bias, eps, silu, block_c, block_s, num_warps)
+        _rms_launch(out, x, gamma, bias, eps, silu, block_c, block_s, num_warps, x_bias)
 
 
 def _stats_splits(groups: int, group_numel: int, block: int, device) -> int:

@@ -6,7 +6,8 @@ x is channel-first, (B, C, *spatial) with any number of spatial dims (none inclu
     group_norm_silu: y = (x - mean_g) / sqrt(var_g + eps) * weight + bias    (mean, biased var over the
                                                                               (C/G) * S values of a group)
     then y = y * sigmoid(y) when silu.
-    rms_norm_silu_out: rms_norm_silu written into a given tensor `out` (a view of a larger one, say).
+    rms_norm_silu_out: rms_norm_silu of x + x_bias (per channel: a convolution's bias, folded in) written into
+                       a given tensor `out` (a view of a larger one, say).
 
 rms_norm_silu is diffusers' WanRMS_norm (and QwenImageRMS_norm, the same code) with channel_first=True:
 F.normalize(x, dim=1) (eps 1e-12 there) * dim**0.5 * gamma + bias, gamma and bias (C, 1, 1[, 1]) or (C,).
@@ -93,10 +94,16 @@ def rms_norm_silu_reference(x, gamma, bias, eps, silu):
     return _finish(y, silu, x.dtype)
 
 
-def rms_norm_silu_out_reference(x, gamma, bias, eps, silu, out):
-    """rms_norm_silu_reference written into `out` (x's shape and dtype; may be a view of a larger tensor)."""
+def rms_norm_silu_out_reference(x, x_bias, gamma, bias, eps, silu, out):
+    """rms_norm_silu_reference of x + x_bias (per channel, added in float32; None: x alone) written into `out`
+    (x's shape and dtype; may be a view of a larger tensor)."""
+    check_norm_args(x, {"x_bias": x_bias, "gamma": gamma, "bias": bias}, eps)
     check_out(x, out)
-    out.copy_(rms_norm_silu_reference(x, gamma, bias, eps, silu))
+    xf = x.float() if x_bias is None else x.float() + _per_channel(x_bias, x.dim())
+    y = F.normalize(xf, dim=1, eps=eps) * math.sqrt(x.shape[1]) * _per_channel(gamma, x.dim())
+    if bias is not None:
+        y = y + _per_channel(bias, x.dim())
+    out.copy_(_finish(y, silu, x.dtype))
 
 
 def group_norm_silu_reference(x, num_groups, weight, bias, eps, silu):

@@ -6,8 +6,8 @@ Tolerance LEVER_FP32_REL of the largest |output|, float32, and why:
 - fused_norm: float32 statistics and arithmetic as diffusers' float32 path, one rounding; the Triton kernel
   on CUDA sums the channels in another order;
 - channels_last: the convolution library picks other kernels for the other memory format;
-- conv_buffers: the convolution reads the values torch.cat would have put together: bit for bit the decode
-  without it (checked on its own below), so only the other levers' reasons apply.
+- conv_buffers: the convolution reads the values torch.cat would have put together; conv1's bias is added in
+  float32 inside norm2's kernel, not rounded to the activations' dtype first (float32 here: ~1e-7).
 Each measured ~1e-6 relative on the CPU; 2e-5 leaves room for GPU kernels. After the block the model is
 the unmodified one again: its own forwards, modules and state_dict, and the same output bit for bit.
 """
@@ -75,18 +75,19 @@ def cat_calls(fn) -> tuple[torch.Tensor, int]:
 
 
 class TestConvBuffers:
-    """conv_buffers changes where the residual blocks' norms write, not what the convolutions read."""
+    """conv_buffers changes where the residual blocks' norms write and where conv1's bias is added, not what the
+    convolutions compute: the decode without it, to LEVER_FP32_REL, with fewer concatenations."""
 
     @pytest.mark.parametrize("layout", [[], ["channels_last"]], ids=["channel_first", "channels_last"])
     @pytest.mark.parametrize("name", VIDEO_PRESETS)
-    def test_bit_for_bit_the_decode_without_it_and_without_the_cats(self, name, layout):
+    def test_the_decode_without_it_and_without_the_cats(self, name, layout):
         vae, z = setup(name)
         base = [*layout, "causal_conv", "fused_norm"]
         with optimized(vae, base):
             ref, ref_cats = cat_calls(lambda: decode(vae, z, "full", profile=False).output)
         with optimized(vae, base + ["conv_buffers"]):
             out, cats = cat_calls(lambda: decode(vae, z, "full", profile=False).output)
-        assert torch.equal(out, ref)
+        assert rel_error(out, ref) <= LEVER_FP32_REL
         blocks = sum(type(m).__name__ == "WanResidualBlock" for m in vae.decoder.modules())
         # each block's two convs stop concatenating, on every latent frame after the first
         assert ref_cats - cats >= 2 * blocks * (z.shape[2] - 1), (ref_cats, cats)
@@ -99,7 +100,7 @@ class TestConvBuffers:
             ref = decode(vae, z, "tiled", profile=False, tile_frames=5, **tile).output
         with optimized(vae, ["causal_conv", "fused_norm", "conv_buffers"]):
             out = decode(vae, z, "tiled", profile=False, tile_frames=5, **tile).output
-        assert torch.equal(out, ref)
+        assert rel_error(out, ref) <= LEVER_FP32_REL
 
     def test_a_conv_another_wrapper_owns_keeps_it(self):
         """A conv whose forward someone else replaced (shard's halo convs) is not bypassed: the block runs

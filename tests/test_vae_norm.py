@@ -60,6 +60,7 @@ class Case:
     strided: bool = False  # x a non-contiguous view
     channels_last: bool = False  # x stored NHWC / NDHWC (the channels_last lever): rms reads it in place
     out_slice: bool = False  # rms_norm_silu_out into frames 2: of a buffer 2 frames longer (the conv_buffers lever)
+    x_bias: bool = False  # out_slice only: a per-channel bias added to x before the norm (a conv's, folded in)
     launch: tuple = ()  # Triton launcher overrides, (name, value) pairs
 
     @property
@@ -68,6 +69,7 @@ class Case:
                  "silu" if self.silu else "nosilu"]
         parts += [f"g{self.groups}"] * bool(self.groups) + [f"mean{self.mean:g}"] * (self.mean != 0.5)
         parts += ["strided"] * self.strided + ["channels_last"] * self.channels_last + ["out_slice"] * self.out_slice
+        parts += ["x_bias"] * self.x_bias
         parts += [f"{k}{v}" for k, v in self.launch]
         return "-".join(parts)
 
@@ -239,8 +241,9 @@ def _triton_cases() -> list[Case]:
     cases.append(Case("rms", (1, 40, 7, 13), "fp32", False, True, channels_last=True))
     cases.append(Case("rms", (2, 48, 3, 5, 9), "fp32", True, False, channels_last=True, launch=chunked))
     cases.append(Case("rms", (2, 48, 3, 5, 9), "bf16", True, True, out_slice=True))
-    cases.append(Case("rms", (2, 40, 1, 5, 7), "bf16", False, True, channels_last=True, out_slice=True))
-    cases.append(Case("rms", (2, 48, 3, 5, 9), "fp32", True, True, channels_last=True, out_slice=True, launch=chunked))
+    cases.append(Case("rms", (2, 40, 1, 5, 7), "bf16", False, True, channels_last=True, out_slice=True, x_bias=True))
+    cases.append(Case("rms", (2, 48, 3, 5, 9), "fp32", True, True, channels_last=True, out_slice=True, x_bias=True,
+                      launch=chunked))
     cases.append(Case("group", (2, 16, 5, 7), "bf16", True, True, 4, channels_last=True, launch=small_stats))
     cases.append(Case("group", (2, 16, 5, 7), "bf16", True, True, 4, strided=True, launch=small_stats))
     cases.append(Case("group", (2, 16, 5, 7), "fp32", True, False, 4, mean=300.0,
@@ -262,7 +265,8 @@ def run_triton_cases(cases, device: str) -> dict:
             args = make_args(case, device)
             if case.out_slice:  # the whole buffer comes back: the test checks the 2 frames before out untouched
                 buffer = out_slice_buffer(args["x"])
-                vae_norm.rms_norm_silu_out(**args, out=buffer[:, :, 2:], **dict(case.launch))
+                vae_norm.rms_norm_silu_out(**args, x_bias=x_bias_of(case, device), out=buffer[:, :, 2:],
+                                           **dict(case.launch))
                 results[case.id] = buffer.cpu()
             else:
                 results[case.id] = launcher(**args, **dict(case.launch)).cpu()
@@ -272,6 +276,21 @@ def run_triton_cases(cases, device: str) -> dict:
 
 
 SENTINEL = 7.0  # the frames of an out_slice buffer before `out`: must stay as they were
+
+
+def x_bias_of(case: Case, device="cpu") -> torch.Tensor | None:
+    """The out_slice cases' x_bias (C,), seeded apart from make_args' inputs; None without."""
+    if not case.x_bias:
+        return None
+    gen = torch.Generator().manual_seed(zlib.crc32(case.id.encode()) + 1)
+    return (torch.randn(case.shape[1], generator=gen) * 3).to(DTYPES[case.dtype]).to(device)
+
+
+def out_slice_expected(case: Case, args: dict) -> torch.Tensor:
+    """The reference of an out_slice case: what rms_norm_silu_out_reference writes."""
+    out = torch.empty_like(args["x"])
+    ref.rms_norm_silu_out_reference(**args, x_bias=x_bias_of(case), out=out)
+    return out
 
 
 def out_slice_buffer(x: torch.Tensor) -> torch.Tensor:
@@ -301,7 +320,9 @@ def test_triton_matches_reference(case, triton_outputs):
         assert torch.all(out[:, :, :2] == SENTINEL)
         out = out[:, :, 2:]
     rtol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
-    if case.mean == 0.5:
+    if case.out_slice:
+        assert_close(case, out, out_slice_expected(case, args), rtol=rtol, atol=1e-5)
+    elif case.mean == 0.5:
         assert_close(case, out, reference(case, args), rtol=rtol, atol=1e-5)
     else:  # mean 300: float32 holds the mean to +-1.5e-5 (half its ulp), so even exact statistics rounded to
         # float32 are 1e-5 off after the normalisation (std 2); measured: Welford 2.6e-5, torch's CPU
@@ -339,7 +360,7 @@ def test_triton_kernels_compile_for_hopper_with_16_byte_accesses():
     def accesses(text: str) -> set[str]:
         return set(re.findall(r"(?:ld|st)\.global[\w.]*", text))
 
-    rms_types = {"y_ptr": "*bf16", "x_ptr": "*bf16", "gamma_ptr": "*bf16", "bias_ptr": "*bf16", "channels": "i32",
+    rms_types = {"y_ptr": "*bf16", "x_ptr": "*bf16", "x_bias_ptr": "*bf16", "gamma_ptr": "*bf16", "bias_ptr": "*bf16", "channels": "i32",
                  "spatial": "i32", "sqrt_channels": "fp32", "eps": "fp32",
                  **{f"stride_{t}{d}": "i32" for t in "xy" for d in "bcs"}}
     # The JIT specialises a stride of 1 as a constant: channel-first x and y have stride_s 1, channels-last stride_c 1.
@@ -347,7 +368,7 @@ def test_triton_kernels_compile_for_hopper_with_16_byte_accesses():
         for channels in (96, 192, 384, 768):  # Wan's decoder widths; 768: the chunked path
             block_c, block_s = vae_norm._rms_blocks(channels, None, None)
             text = ptx(vae_norm._rms_norm_silu_kernel, rms_types,
-                       {"HAS_BIAS": True, "SILU": True, "ONE_TILE": block_c >= channels, "BLOCK_C": block_c,
+                       {"HAS_X_BIAS": True, "HAS_BIAS": True, "SILU": True, "ONE_TILE": block_c >= channels, "BLOCK_C": block_c,
                         "BLOCK_S": block_s, f"stride_x{unit_stride}": 1, f"stride_y{unit_stride}": 1}, 8)
             found = accesses(text)  # x in 16-byte vectors, y likewise; gamma and bias (tiny) as they come
             assert "ld.global.v4.b32" in found and found - {"ld.global.b16", "ld.global.b32", "ld.global.v2.b32"} == {
@@ -395,13 +416,20 @@ def test_out_op_registration_writes_into_a_slice():
     else, and names what it needs when out does not fit."""
     x, gamma, bias, eps, silu = _op_args("rms")
     buffer = out_slice_buffer(x)
-    torch.library.opcheck(torch.ops.workbench.rms_norm_silu_out.default, (x, gamma, bias, eps, silu, buffer[:, :, 2:]))
+    torch.library.opcheck(torch.ops.workbench.rms_norm_silu_out.default,
+                          (x, None, gamma, bias, eps, silu, buffer[:, :, 2:]))
     buffer = out_slice_buffer(x)
-    ops.rms_norm_silu_out(x, gamma, bias, eps, silu, buffer[:, :, 2:])
+    ops.rms_norm_silu_out(x, None, gamma, bias, eps, silu, buffer[:, :, 2:])
     assert torch.equal(buffer[:, :, 2:], ref.rms_norm_silu_reference(x, gamma, bias, eps, silu))
     assert torch.all(buffer[:, :, :2] == SENTINEL)
+    x_bias = torch.randn(x.shape[1])  # a conv's bias, folded in: the norm of x + x_bias
+    ops.rms_norm_silu_out(x, x_bias, gamma, bias, eps, silu, buffer[:, :, 2:])
+    torch.testing.assert_close(buffer[:, :, 2:], ref.rms_norm_silu_reference(x + x_bias.view(-1, 1, 1), gamma, bias,
+                                                                             eps, silu), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="out must have x's shape, dtype and device"):
-        ops.rms_norm_silu_out(x, gamma, bias, eps, silu, buffer[:, :, 1:])
+        ops.rms_norm_silu_out(x, None, gamma, bias, eps, silu, buffer[:, :, 1:])
+    with pytest.raises(ValueError, match="x_bias must have shape"):
+        ops.rms_norm_silu_out(x, x_bias[:3], gamma, bias, eps, silu, buffer[:, :, 2:])
 
 
 def test_ops_compile_without_graph_breaks():

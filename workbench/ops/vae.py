@@ -20,9 +20,11 @@ Levers (LEVERS):
   cached frames followed by the fused norm's output, which the norm kernel writes there in place
   (rms_norm_silu_out). diffusers' block instead writes the norm's output, then torch.cat's the cache and it
   into a new tensor for every convolution of every latent frame: a read and a write of 2 + T frames at each
-  of the decoder's widths. The frame cache keeps diffusers' contents (the last two input frames). Exact: the
-  buffer holds the values the concatenation would. Without fused_norm, or where another wrapper owns the
-  convolution (shard's halo convs), blocks run diffusers' forward.
+  of the decoder's widths. The frame cache keeps diffusers' contents (the last two input frames). And conv1's
+  bias is added inside norm2's kernel, in float32, instead of by a pass of its own over conv1's output (cuDNN
+  convolutions in PyTorch add the bias separately). Exact up to that rounding: the buffer holds the values
+  the concatenation would. Without fused_norm, or where another wrapper owns the convolution (shard's halo
+  convs), blocks run diffusers' forward.
 - compile: torch.compile of the decoder module (one graph per frame shape); not for Wan2.2-TI2V.
 
 The model's state_dict and outputs' layout are unchanged; every lever is exact up to the kernels cuDNN or
@@ -120,33 +122,38 @@ def _causal_conv(vae):
             del conv.forward  # back to the class's forward
 
 
-def _norm_then_conv(norm, conv, x, feat_cache, feat_idx):
-    """`conv(norm(x))` as diffusers' residual block runs it with the frame cache (feat_cache[feat_idx[0]]: None
-    or the last 1-2 frames this conv read), the norm writing into the conv's input buffer after the cache."""
+def _norm_then_conv(norm, conv, x, feat_cache, feat_idx, x_bias=None, conv_bias=True):
+    """`conv(norm(x + x_bias))` as diffusers' residual block runs it with the frame cache (feat_cache[feat_idx[0]]:
+    None or the last 1-2 frames this conv read), the norm writing into the conv's input buffer after the cache.
+    x_bias: the previous conv's bias, left out there (conv_bias=False) and added inside the norm kernel."""
     idx = feat_idx[0]
     feat_idx[0] += 1
     cached = feat_cache[idx]
     b, c, t, h, w = x.shape
     pad_t, pad_h, pad_w = conv._padding[4], conv._padding[2], conv._padding[0]  # pad_t = CACHE_T = 2
-    if cached is None and t == 1 and takes_lone_frame_2d(conv):  # first frame: 2-D conv over the last tap
-        y = norm(x)
-        feat_cache[idx] = y  # diffusers caches a clone of this whole frame; y is fresh and never written again
-        return last_tap_conv2d(conv, y[:, :, 0], (pad_h, pad_w))
+    bias = conv.bias if conv_bias else None
     channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
-    buffer = torch.empty((b, c, pad_t + t, h, w), dtype=x.dtype, device=x.device,
-                         memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    if cached is None and t == 1 and takes_lone_frame_2d(conv):  # first frame: 2-D conv over the last tap
+        y = torch.empty_like(x, memory_format=layout)
+        norm.forward_into(x, y, x_bias)
+        feat_cache[idx] = y  # diffusers caches a clone of this whole frame; y is fresh and never written again
+        return F.conv2d(y[:, :, 0], conv.weight[:, :, -1], bias, conv.stride[1:], (pad_h, pad_w), conv.dilation[1:],
+                        conv.groups).unsqueeze(2)
+    buffer = torch.empty((b, c, pad_t + t, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
     n = 0 if cached is None else min(cached.shape[2], pad_t)  # cached frames; the causal zero padding before them
     if n < pad_t:
         buffer[:, :, :pad_t - n].zero_()
     if n:
         buffer[:, :, pad_t - n:pad_t].copy_(cached[:, :, -n:])
-    norm.forward_into(x, buffer[:, :, pad_t:])  # (B, C, pad_t + t, H, W): cache, then norm(x)
+    norm.forward_into(x, buffer[:, :, pad_t:], x_bias)  # (B, C, pad_t + t, H, W): cache, then norm(x + x_bias)
     feat_cache[idx] = buffer[:, :, -min(pad_t, n + t):].clone()  # as diffusers: the last two frames seen
-    return F.conv3d(buffer, conv.weight, conv.bias, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
+    return F.conv3d(buffer, conv.weight, bias, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
 
 
 def _buffered_forward(block):
-    """WanResidualBlock.forward with _norm_then_conv for norm1 -> conv1 and norm2 -> conv2, where it applies."""
+    """WanResidualBlock.forward with _norm_then_conv for norm1 -> conv1 and norm2 -> conv2 where it applies;
+    conv1's bias is added in norm2's kernel instead of by a separate pass over conv1's output."""
     from .vae_norm import FusedRMSNormSiLU
 
     def ours(conv) -> bool:  # the class's forward or the causal_conv lever's: plain causal convs
@@ -158,9 +165,9 @@ def _buffered_forward(block):
                 or not all(ours(c) and c._padding[4] == 2 for c in (block.conv1, block.conv2))):
             return type(block).forward(block, x, feat_cache, feat_idx)
         h = block.conv_shortcut(x)
-        x = _norm_then_conv(block.norm1, block.conv1, x, feat_cache, feat_idx)
-        x = _norm_then_conv(block.norm2, block.conv2, x, feat_cache, feat_idx)  # dropout: identity in eval
-        return x + h
+        x = _norm_then_conv(block.norm1, block.conv1, x, feat_cache, feat_idx, conv_bias=False)
+        x = _norm_then_conv(block.norm2, block.conv2, x, feat_cache, feat_idx, x_bias=block.conv1.bias)
+        return x + h  # dropout between norm2 and conv2: identity in eval
 
     return forward
 

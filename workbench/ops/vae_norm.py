@@ -1,7 +1,7 @@
 """Fused VAE normalisation + SiLU as workbench custom ops, and the adapter that puts them in diffusers' decoders.
 
     torch.ops.workbench.rms_norm_silu(x, gamma, bias, eps, silu) -> y                  (WanRMS_norm [+ SiLU])
-    torch.ops.workbench.rms_norm_silu_out(x, gamma, bias, eps, silu, out)    (the same, written into `out`)
+    torch.ops.workbench.rms_norm_silu_out(x, x_bias, gamma, bias, eps, silu, out)   (of x + x_bias, into `out`)
     torch.ops.workbench.group_norm_silu(x, num_groups, weight, bias, eps, silu) -> y    (GroupNorm [+ SiLU])
     torch.ops.workbench.group_norm_silu_stats(x, num_groups, mean, rstd, weight, bias, silu) -> y
                                                               (the same with given statistics, (B, G) float32)
@@ -79,7 +79,8 @@ class VAENormOp(KernelOp):
 _rms_norm_silu = VAENormOp(
     "rms_norm_silu", "(Tensor x, Tensor gamma, Tensor? bias, float eps, bool silu) -> Tensor").register()
 _rms_norm_silu_out = VAENormOp(
-    "rms_norm_silu_out", "(Tensor x, Tensor gamma, Tensor? bias, float eps, bool silu, Tensor(a!) out) -> ()",
+    "rms_norm_silu_out",
+    "(Tensor x, Tensor? x_bias, Tensor gamma, Tensor? bias, float eps, bool silu, Tensor(a!) out) -> ()",
     mutates_args=("out",)).register()
 _group_norm_silu = VAENormOp(
     "group_norm_silu",
@@ -94,10 +95,10 @@ def rms_norm_silu(x, gamma, bias, eps, silu):
     return _rms_norm_silu(x, gamma, bias, eps, silu)
 
 
-def rms_norm_silu_out(x, gamma, bias, eps, silu, out) -> None:
-    """rms_norm_silu written into `out` (x's shape and dtype), which may be a view: a slice of a larger tensor
-    along its first spatial dim, in either layout."""
-    _rms_norm_silu_out(x, gamma, bias, eps, silu, out)
+def rms_norm_silu_out(x, x_bias, gamma, bias, eps, silu, out) -> None:
+    """rms_norm_silu of x + x_bias (per channel, in float32; None: x) written into `out` (x's shape and dtype),
+    which may be a view: a slice of a larger tensor along its first spatial dim, in either layout."""
+    _rms_norm_silu_out(x, x_bias, gamma, bias, eps, silu, out)
 
 
 def group_norm_silu(x, num_groups, weight, bias, eps, silu):
@@ -147,9 +148,9 @@ class FusedRMSNormSiLU(_FusedNorm):
     def forward(self, x):
         return rms_norm_silu(x, self.gamma, self.bias, F_NORMALIZE_EPS, True)
 
-    def forward_into(self, x, out) -> None:
-        """forward(x) written into `out` (see rms_norm_silu_out)."""
-        rms_norm_silu_out(x, self.gamma, self.bias, F_NORMALIZE_EPS, True, out)
+    def forward_into(self, x, out, x_bias=None) -> None:
+        """forward(x + x_bias) written into `out` (see rms_norm_silu_out)."""
+        rms_norm_silu_out(x, x_bias, self.gamma, self.bias, F_NORMALIZE_EPS, True, out)
 
 
 class FusedGroupNormSiLU(_FusedNorm):
