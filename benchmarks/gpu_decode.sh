@@ -6,7 +6,8 @@
 set -u
 out=${OUT:-data/bench}
 mkdir -p "$out"
-gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
+source benchmarks/gpu_env.sh  # the wheels, PYTHONPATH, gpu_name
+gpu=$(gpu_name)
 port=29500
 run() {
   local limit=$1 n=$2; shift 2; port=$((port + 1))

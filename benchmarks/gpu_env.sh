@@ -6,3 +6,5 @@ fi
 if [ -d /tmp/site ]; then export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH; else export PYTHONPATH=$PWD; fi
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 out=${out:-${OUT:-/tmp/out}}; mkdir -p "$out"  # a script may have chosen its own
+# The card's short name for file names: h100, h200 ("NVIDIA H100 80GB HBM3" -> h100).
+gpu_name() { python3 -c "import re, torch; n = torch.cuda.get_device_name(); m = re.search(r'\b[A-Z]\d{3}\b', n); print((m.group(0) if m else n.split()[-1]).lower())"; }

@@ -7,7 +7,7 @@
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 source benchmarks/gpu_env.sh
-gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
+gpu=$(gpu_name)
 best=causal_conv+fused_norm
 tiled="diffusers_tiled,tiled,tiled:$best"
 case ${1:?images or videos} in

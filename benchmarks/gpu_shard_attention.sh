@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_shard_attention.sh        JSON to ${OUT:-data/bench}
 set -u
 out=${OUT:-data/bench}; mkdir -p "$out"
-gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
+source benchmarks/gpu_env.sh  # the wheels, PYTHONPATH, gpu_name
+gpu=$(gpu_name)
 port=29600
 for attention in local_queries all_queries; do
   port=$((port + 1))

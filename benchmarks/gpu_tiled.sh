@@ -6,7 +6,7 @@
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 source benchmarks/gpu_env.sh
-gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
+gpu=$(gpu_name)
 L=causal_conv+fused_norm
 run() {  # config variants
   [[ " ${PRESETS:-qwen-image glm-image wan2.1 wan2.2-ti2v-5b} " == *" ${1%%:*} "* ]] || return 0

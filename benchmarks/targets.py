@@ -41,7 +41,7 @@ def one_gpu_records() -> dict:
     """config -> [(variants, file)] over the one-GPU runs; each file measured diffusers in its own launch."""
     out = {}
     for name in ("decode_1gpu_images_h200.json", "decode_1gpu_videos_h200.json", "decode_1gpu_channels_last_h200.json",
-                 "decode_1gpu_cudnn_benchmark_h100.json"):
+                 "decode_1gpu_cudnn_benchmark_h100.json", "decode_1gpu_conv_buffers_h100.json"):
         for r in load(name)["records"]:
             out.setdefault(key(r), []).append((r["variants"], name))
     return out
