@@ -63,7 +63,7 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-gib", type=float, default=None, help="auto: memory budget per device (GiB)")
     p.add_argument("--levers", default=None, type=lambda text: tuple(v.strip() for v in text.split(",") if v.strip()),
                    help="full and tiled: comma-separated speed levers (workbench.ops.vae), e.g. causal_conv,fused_norm; "
-                        "also channels_last, compile")
+                        "also channels_last, conv_buffers (with fused_norm), compile")
 
 
 def build_parser() -> argparse.ArgumentParser:
