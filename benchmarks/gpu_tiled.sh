@@ -15,6 +15,6 @@ run() {  # config variants
 }
 run qwen-image:2048x2048 "diffusers,diffusers_tiled,tiled,tiled:$L,tiled:$L@tile_batch=8,tiled:$L@tile_batch=32"
 G="tiled:$L@tile_px=1024;stride_px=768"  # mid_block: global (auto, the default for image decoders) or tile
-run glm-image:2048x2048 "diffusers,diffusers_tiled,$G,$G;mid_block=tile,$G;tile_batch=3,tiled:$L@tile_px=512;stride_px=384;tile_batch=4,tiled:$L@tile_px=512;stride_px=384;tile_batch=4;mid_block=tile,tiled:$L@tile_px=512;stride_px=448;tile_batch=4"
+run glm-image:2048x2048 "diffusers,diffusers_tiled,$G,$G;mid_block=tile,$G;global_up_blocks=1,$G;global_up_blocks=2,$G;global_up_blocks=3,$G;tile_batch=3,tiled:$L@tile_px=512;stride_px=384;tile_batch=4,tiled:$L@tile_px=512;stride_px=384;tile_batch=4;mid_block=tile,tiled:$L@tile_px=512;stride_px=448;tile_batch=4"
 run wan2.1:720x1280x81 "diffusers_tiled,tiled:channels_last+$L,tiled:channels_last+$L@tile_batch=4,tiled:channels_last+$L@tile_batch=7"
 run wan2.2-ti2v-5b:704x1280x121 "diffusers_tiled,tiled:channels_last+$L,tiled:channels_last+$L@tile_batch=4"

@@ -146,7 +146,7 @@ def _dtype(dtype) -> None:
 
 def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool = True, dtype: str = "float32",
                  batch: int = 1, tile_px=None, stride_px=None, tile_frames=None, tile_batch=None, norm_stats=None,
-                 mid_block=None, halo_latent=None, grid=None,
+                 mid_block=None, global_up_blocks=None, halo_latent=None, grid=None,
                  merge=None, output=None, attention=None, budget_gib=None, levers=None,
                  under_torchrun: bool = False) -> dict:
     """Every decode argument against the preset, the latent and the ranks; the checked strategy parameters."""
@@ -178,10 +178,15 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
         raise BadInput(f"--norm-stats: {norm_stats!r} is not accepted; accepted: {', '.join(NORM_STATS)}")
     if mid_block is not None and mid_block not in MID_BLOCKS:
         raise BadInput(f"--mid-block: {mid_block!r} is not accepted; accepted: {', '.join(MID_BLOCKS)}")
-    if (tile_batch is not None or norm_stats is not None or mid_block is not None) \
+    _positive("--global-up-blocks", global_up_blocks, 0)
+    if (tile_batch is not None or norm_stats is not None or mid_block is not None or global_up_blocks is not None) \
             and not {"tiled", "parallel_tiled"} & set(modes):
-        raise BadInput("--tile-batch, --norm-stats and --mid-block apply to tiled and parallel_tiled; add one of them "
-                       "to --mode")
+        raise BadInput("--tile-batch, --norm-stats, --mid-block and --global-up-blocks apply to tiled and "
+                       "parallel_tiled; add one of them to --mode")
+    if global_up_blocks and (preset.vae_class != "AutoencoderKL" or mid_block == "tile"):
+        raise BadInput(f"--global-up-blocks {global_up_blocks}: the up blocks join the global stem of image decoders "
+                       f"(glm-image) only, with --mid-block global or auto; {model} with --mid-block "
+                       f"{mid_block or 'auto'} takes 0")
     _positive("--halo", halo_latent, 0)
     if budget_gib is not None and budget_gib <= 0:
         raise BadInput(f"--budget-gib must be > 0 (GiB per device), got {budget_gib}")
@@ -225,7 +230,8 @@ def check_decode(*, model: str, size, modes: list[str], world: int, tiny: bool =
         raise BadInput("--mid-block global passes the decoder's stem through, which a compiled decoder cannot: drop "
                        "compile from --levers or use --mid-block auto")
     params = {"tile_px": tile_px, "stride_px": stride_px, "tile_frames": tile_frames, "tile_batch": tile_batch,
-              "norm_stats": norm_stats, "mid_block": mid_block, "halo_latent": halo_latent,
+              "norm_stats": norm_stats, "mid_block": mid_block, "global_up_blocks": global_up_blocks,
+              "halo_latent": halo_latent,
               "merge": merge, "output": output, "attention": attention, "memory_budget_gib": budget_gib, "grid": grid,
               "levers": levers}
     return {k: v for k, v in params.items() if v is not None}

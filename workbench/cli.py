@@ -54,6 +54,9 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
                    help="tiled and parallel_tiled: global (the decoder's conv_in and mid-block once over the whole "
                         "latent, the tiles run the up blocks), tile (the whole decoder per tile, as diffusers) or auto "
                         "(default: global, unless the decoder is compiled)")
+    p.add_argument("--global-up-blocks", type=int, default=None,
+                   help="tiled and parallel_tiled, glm-image: how many up blocks join the global stem (default 0): "
+                        "exact GroupNorm statistics for them, for the memory of their output (2**k x the latent)")
     p.add_argument("--halo", type=int, default=None, dest="halo_latent", help="patch halo in latent rows (default: SGLang's, half the tile overlap: 4 for 256/192 px at 8x)")
     p.add_argument("--grid", default=None, help="RxC grid for patch and shard (default: as square as possible)")
     p.add_argument("--merge", default=None, help="parallel_tiled merge: allgather, rank0, rank0-only")
@@ -154,6 +157,7 @@ def _check_decode(args, modes: list[str]) -> tuple[dict, int]:
     params = checks.check_decode(model=args.model, size=size, modes=modes, world=world, tiny=args.tiny,
                                  dtype=args.dtype, batch=args.batch, tile_px=args.tile_px, stride_px=args.stride_px,
                                  tile_frames=args.tile_frames, tile_batch=args.tile_batch, norm_stats=args.norm_stats, mid_block=args.mid_block,
+                                 global_up_blocks=args.global_up_blocks,
                                  halo_latent=args.halo_latent, grid=args.grid, merge=args.merge, output=args.output, attention=args.attention, budget_gib=args.budget_gib,
                                  levers=args.levers, under_torchrun=checks.under_torchrun())
     if args.output == "sharded":  # each rank writes its block to --out (workbench.blocks), nothing is gathered
@@ -246,6 +250,7 @@ def cmd_bench(args) -> int:
     params = checks.check_decode(model=configs[0][0], size=configs[0][1], modes=modes, world=2, tiny=args.tiny,
                                  dtype=args.dtype, tile_px=args.tile_px, stride_px=args.stride_px,
                                  tile_frames=args.tile_frames, tile_batch=args.tile_batch, norm_stats=args.norm_stats, mid_block=args.mid_block,
+                                 global_up_blocks=args.global_up_blocks,
                                  halo_latent=args.halo_latent, grid=args.grid, merge=args.merge, output=args.output, attention=args.attention, budget_gib=args.budget_gib,
                                  levers=args.levers, under_torchrun=True) if configs else {}
     from .report import bench_rows, bench_table, write_bench  # torch: after the checks

@@ -109,20 +109,23 @@ class FrameDecoder:
             outs.append(self.vae.decoder(x[:, :, i : i + 1], feat_cache=cache, feat_idx=[0], **kwargs))
         return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
-    def decode_window(self, x: torch.Tensor, tiles, window, caches: dict, last: bool, measure, batch: int = 1):
+    def decode_window(self, x: torch.Tensor, tiles, window, caches: dict, last: bool, measure, batch: int = 1,
+                      scale: int = 1):
         """Yield (tile, pixels) for each tile of one frame window, decoding it from the prepared latent `x`.
 
         Each decoder call is timed as phase "decode" of `measure`. `batch` tiles (of one size, as the planner
         makes them) go through one decoder call, stacked along the batch dimension: fewer, larger kernels for
         the price of `batch` tiles' activations at once. `caches` maps a group's first tile index to the group's
         causal frame cache and carries it to the next window (dropped after the `last`), so a tiled decode in
-        windows gives the output of one pass.
+        windows gives the output of one pass. `x` may be a global trunk's output at `scale` times the latent's
+        resolution: the tiles' latent rows and columns are scaled to crop it.
         """
         tiles = list(tiles)
         for g in range(0, len(tiles), batch):
             group = tiles[g:g + batch]
             cache = caches.pop(group[0].index, None) or self.new_cache(window.latent.size, continued=not last)
-            crops = [x[:, :, window.latent.slice(), t.rows.slice(), t.cols.slice()] for t in group]
+            crops = [x[:, :, window.latent.slice(), t.rows.start * scale:t.rows.stop * scale,
+                       t.cols.start * scale:t.cols.stop * scale] for t in group]
             if len({c.shape for c in crops}) > 1:
                 raise ValueError(f"tiles of one batch must have one size, got {sorted({c.shape[3:] for c in crops})}")
             with measure.phase("decode"):

@@ -22,13 +22,14 @@ from .tiled import check_tiling, tile_source, used_stride
 
 def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px: int = 192,
                           tile_frames: int | None = None, merge: str = "allgather", tile_batch: int = 1,
-                          norm_stats: str = "sampled", mid_block: str = "auto"):
-    """`tiled`'s tiles over the ranks (see the module's docstring); `tile_batch`, `norm_stats` and `mid_block` as
-    for `tiled`: every rank batches its own tiles and computes the same global stem and sampled statistics."""
+                          norm_stats: str = "sampled", mid_block: str = "auto", global_up_blocks: int = 0):
+    """`tiled`'s tiles over the ranks (see the module's docstring); `tile_batch`, `norm_stats`, `mid_block` and
+    `global_up_blocks` as for `tiled`: every rank batches its own tiles and computes the same global stem and
+    sampled statistics."""
     if merge not in MERGES:
         raise ValueError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
     fd, comm = ctx.fd, ctx.comm
-    check_tiling(fd, tile_batch, norm_stats, mid_block)
+    check_tiling(fd, tile_batch, norm_stats, mid_block, global_up_blocks)
     z5 = fd.as_5d(z)
     plan = plan_tiles(z5.shape[2:], scale=fd.spatial_ratio, tile_px=tile_px, stride_px=stride_px).assign(comm.world_size)
     windows = frame_windows(z5.shape[2], tile_frames, fd.temporal_ratio)
@@ -38,11 +39,11 @@ def decode_parallel_tiled(ctx, z: torch.Tensor, *, tile_px: int = 256, stride_px
     mine = plan.owned_by(comm.rank)
     caches = {}
     bar = tqdm(total=len(windows) * len(mine), desc=f"rank {comm.rank} tiles", disable=not ctx.progress, leave=False)
-    with tile_source(ctx, z5, plan, norm_stats, mid_block) as (x, info), bar:
+    with tile_source(ctx, z5, plan, norm_stats, mid_block, global_up_blocks) as (x, scale, info), bar:
         for w, window in enumerate(windows):
             last = w == len(windows) - 1
             decoded = []
-            for _, pixels in fd.decode_window(x, mine, window, caches, last, ctx.measure, tile_batch):
+            for _, pixels in fd.decode_window(x, mine, window, caches, last, ctx.measure, tile_batch, scale):
                 decoded.append(pixels)
                 bar.update()
             _merge_window(ctx, plan, window, decoded, out, out_shape, merge, x)
