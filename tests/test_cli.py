@@ -33,7 +33,10 @@ def test_decode_prints_a_table_and_writes_images(tmp_path, capsys):
     (["--dtype", "fp64"], "unknown dtype 'fp64'; accepted: float32, bfloat16, float16"),
     (["--mode", "tiled", "--tile", "100"], "tile_px must be a positive multiple of the spatial ratio 8"),
     (["--mode", "tiled", "--mid-block", "once"], "--mid-block: 'once' is not accepted; accepted: auto, global, tile"),
-    (["--model", "glm-image", "--mode", "full", "--mid-block", "tile"], "--mid-block apply to tiled and parallel_tiled"),
+    (["--model", "glm-image", "--mode", "full", "--mid-block", "tile"], "--mid-block and --global-up-blocks apply to tiled"),
+    (["--model", "glm-image", "--mode", "full", "--global-up-blocks", "2"], "--global-up-blocks apply to tiled and parallel_tiled"),
+    (["--model", "wan2.1", "--mode", "tiled", "--global-up-blocks", "1"], "image decoders (glm-image) only, with --mid-block global or auto; wan2.1 with --mid-block auto takes 0"),
+    (["--model", "glm-image", "--mode", "tiled", "--global-up-blocks", "-1"], "--global-up-blocks must be int >= 0"),
     (["--model", "glm-image", "--mode", "tiled", "--mid-block", "global", "--levers", "compile"],
      "--mid-block global passes the decoder's stem through"),
 ])
