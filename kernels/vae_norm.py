@@ -222,16 +222,19 @@ def _channels_last(x) -> bool:
     return x.dim() > 2 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
 
 
-def _prepare(x, keep: bool = False, empty_out: bool = True):
-    """-> (x, (B, C, S), y of x's layout (None unless `empty_out`), device context) after checking the device.
-    x is made contiguous unless `keep` (a layout the kernel reads as it is)."""
+def _input(x, keep: bool = False):
+    """x after checking the device, made contiguous unless `keep` (a layout the kernel reads as it is)."""
     if x.device.type != "cuda" and not _interpreted():
         raise RuntimeError(f"kernels.vae_norm runs on CUDA tensors, got {x.device}; for CPU tensors set "
                            "TRITON_INTERPRET=1 before triton is first imported")
-    if not keep:
-        x = x.contiguous()  # no copy when x is already contiguous
+    return x if keep else x.contiguous()  # no copy when x is already contiguous
+
+
+def _prepare(x, keep: bool = False):
+    """-> (x, (B, C, S), y of x's layout, device context): _input's x and an output for it."""
+    x = _input(x, keep)
     batch, channels = x.shape[:2]
-    y = torch.empty_like(x) if empty_out else None  # dense x: the same strides
+    y = torch.empty_like(x)  # dense x: the same strides
     device = torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
     return x, (batch, channels, math.prod(x.shape[2:])), y, device
 
@@ -292,7 +295,7 @@ def rms_norm_silu_out(x, x_bias, gamma, bias, eps, silu, out, *, block_c=None, b
     if bcs_strides(out) is None:
         raise ValueError(f"out must be readable as (batch, channels, positions) with one position stride, got "
                          f"strides {out.stride()} for shape {tuple(out.shape)}")
-    x, _, _, _ = _prepare(x, keep=_channels_last(x), empty_out=False)
+    x = _input(x, keep=_channels_last(x))
     if x.numel():
         _rms_launch(out, x, gamma, bias, eps, silu, block_c, block_s, num_warps, x_bias)
 

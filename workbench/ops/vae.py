@@ -82,10 +82,11 @@ def takes_lone_frame_2d(conv) -> bool:
     return conv._padding[4] == conv.kernel_size[0] - 1 and conv.stride[0] == 1 and conv.dilation[0] == 1
 
 
-def last_tap_conv2d(conv, x, padding):
+def last_tap_conv2d(conv, x, padding, with_bias: bool = True):
     """A lone frame x (B, C, h, w) through `conv`'s last temporal tap -> (B, C_out, 1, h', w'): the causal conv of
-    that frame, up to summation order (the other taps multiply exact zeros)."""
-    y = F.conv2d(x, conv.weight[:, :, -1], conv.bias, conv.stride[1:], padding, conv.dilation[1:], conv.groups)
+    that frame, up to summation order (the other taps multiply exact zeros); without its bias if not `with_bias`."""
+    bias = conv.bias if with_bias else None
+    y = F.conv2d(x, conv.weight[:, :, -1], bias, conv.stride[1:], padding, conv.dilation[1:], conv.groups)
     return y.unsqueeze(2)
 
 
@@ -131,15 +132,13 @@ def _norm_then_conv(norm, conv, x, feat_cache, feat_idx, x_bias=None, conv_bias=
     cached = feat_cache[idx]
     b, c, t, h, w = x.shape
     pad_t, pad_h, pad_w = conv._padding[4], conv._padding[2], conv._padding[0]  # pad_t = CACHE_T = 2
-    bias = conv.bias if conv_bias else None
     channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     if cached is None and t == 1 and takes_lone_frame_2d(conv):  # first frame: 2-D conv over the last tap
         y = torch.empty_like(x, memory_format=layout)
         norm.forward_into(x, y, x_bias)
         feat_cache[idx] = y  # diffusers caches a clone of this whole frame; y is fresh and never written again
-        return F.conv2d(y[:, :, 0], conv.weight[:, :, -1], bias, conv.stride[1:], (pad_h, pad_w), conv.dilation[1:],
-                        conv.groups).unsqueeze(2)
+        return last_tap_conv2d(conv, y[:, :, 0], (pad_h, pad_w), conv_bias)
     buffer = torch.empty((b, c, pad_t + t, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
     n = 0 if cached is None else min(cached.shape[2], pad_t)  # cached frames; the causal zero padding before them
     if n < pad_t:
@@ -148,7 +147,8 @@ def _norm_then_conv(norm, conv, x, feat_cache, feat_idx, x_bias=None, conv_bias=
         buffer[:, :, pad_t - n:pad_t].copy_(cached[:, :, -n:])
     norm.forward_into(x, buffer[:, :, pad_t:], x_bias)  # (B, C, pad_t + t, H, W): cache, then norm(x + x_bias)
     feat_cache[idx] = buffer[:, :, -min(pad_t, n + t):].clone()  # as diffusers: the last two frames seen
-    return F.conv3d(buffer, conv.weight, bias, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
+    return F.conv3d(buffer, conv.weight, conv.bias if conv_bias else None, conv.stride, (0, pad_h, pad_w),
+                    conv.dilation, conv.groups)
 
 
 def _buffered_forward(block):

@@ -124,8 +124,8 @@ class FrameDecoder:
         for g in range(0, len(tiles), batch):
             group = tiles[g:g + batch]
             cache = caches.pop(group[0].index, None) or self.new_cache(window.latent.size, continued=not last)
-            crops = [x[:, :, window.latent.slice(), t.rows.start * scale:t.rows.stop * scale,
-                       t.cols.start * scale:t.cols.stop * scale] for t in group]
+            crops = [x[:, :, window.latent.slice(), t.rows.scaled(scale).slice(), t.cols.scaled(scale).slice()]
+                     for t in group]
             if len({c.shape for c in crops}) > 1:
                 raise ValueError(f"tiles of one batch must have one size, got {sorted({c.shape[3:] for c in crops})}")
             with measure.phase("decode"):
