@@ -40,11 +40,9 @@ from workbench.runner import DecodeJob, load_model
 LEVERS = ["causal_conv", "fused_norm"]
 
 
-def recorded_stats(decoder, run, own=True, given=None) -> list:
-    """Per GroupNorm of `decoder`: (mean, rstd) (B, G) float32 pooled over every call during run(); each call
-    normalises by its own statistics, or by `given`."""
-    from workbench.ops.vae_norm import group_norm_silu_stats
-
+def recorded_stats(decoder, run) -> list:
+    """Per GroupNorm of `decoder`: (mean, rstd) (B, G) float32 pooled over every call during run(), each call
+    normalised by its own statistics."""
     norms = group_norms(decoder)
     moments = [[0.0, 0.0, 0] for _ in norms]  # sum of mean * n, sum of E[x^2] * n, n
 
@@ -58,11 +56,7 @@ def recorded_stats(decoder, run, own=True, given=None) -> list:
             moments[i][0] += mean * n
             moments[i][1] += (var + mean * mean) * n
             moments[i][2] += n
-            if own:
-                return own_forward(h)
-            mean_i, rstd_i = given[i]
-            return group_norm_silu_stats(h, norm.num_groups, mean_i, rstd_i, norm.weight, norm.bias,
-                                         type(norm).__name__ == "FusedGroupNormSiLU")
+            return own_forward(h)
         return forward
 
     with _patched(norms, recording):
@@ -129,9 +123,9 @@ def main(argv=None) -> int:
     given = {"stats": None}
     strategy_stats = tiled_module.tile_norm_stats
 
-    def tile_norm_stats(ctx, x, plan, norm_stats):  # the tiled strategy's statistics, or the row's
+    def tile_norm_stats(ctx, x, plan, norm_stats, scale=1):  # the tiled strategy's statistics, or the row's
         if given["stats"] is None:
-            return strategy_stats(ctx, x, plan, norm_stats)
+            return strategy_stats(ctx, x, plan, norm_stats, scale)
         return given["stats"], {"stats_subsample": "given"}
 
     tiled_module.tile_norm_stats = tile_norm_stats
